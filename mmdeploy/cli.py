@@ -1,0 +1,51 @@
+"""The `mmdeploy` command: a thin typer app. Each area registers its commands from mmdeploy/commands/.
+
+Commands import their heavy dependencies (torch, av, onnxruntime, bentoml) inside the command body, so
+`mmdeploy --help` stays fast. Errors a user can cause (MmdeployError) become one line on stderr and
+exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mmdeploy.commands import classify, data, export, index, media, serve, train
+from mmdeploy.errors import MmdeployError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train balanced audio-video classifiers, export them, classify video files.")
+data_app = typer.Typer(no_args_is_help=True, help="Make datasets: synthetic clips, manifests of raw layouts.")
+app.add_typer(data_app, name="data")
+
+for module in (media, data, index, train, export, classify, serve):
+    module.register(app, data_app)
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print `error: message` on one line and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except MmdeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

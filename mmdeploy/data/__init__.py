@@ -1,0 +1,1 @@
+"""Datasets: manifests, the synthetic generator, raw-layout indexers and the feature cache."""

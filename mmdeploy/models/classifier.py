@@ -1,0 +1,82 @@
+"""AVClassifier: one encoder and one linear head per modality, plus a fusion; returns all logits."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmdeploy.errors import ConfigError
+from mmdeploy.models.fusion import FUSIONS
+from mmdeploy.models.resnet import AudioResNet, VideoResNet
+
+MODALITIES = ("audio", "video")
+ENCODERS = {"audio": {"resnet": AudioResNet}, "video": {"resnet": VideoResNet}}
+
+
+def default_arch() -> dict[str, Any]:
+    """The paper's ResNet18 encoders with late fusion."""
+    return {"audio": {"type": "resnet", "width": 64, "layers": [2, 2, 2, 2]},
+            "video": {"type": "resnet", "width": 64, "layers": [2, 2, 2, 2]},
+            "fusion": {"type": "late"}}
+
+
+def _build_encoder(modality: str, cfg: dict[str, Any]) -> nn.Module:
+    cfg = dict(cfg)
+    kind = cfg.pop("type", "resnet")
+    try:
+        cls = ENCODERS[modality][kind]
+    except KeyError:
+        raise ConfigError(f"model.{modality}.type: {kind!r} unknown; choose {', '.join(ENCODERS[modality])}") from None
+    try:
+        return cls(**cfg)
+    except TypeError as exc:
+        raise ConfigError(f"model.{modality}: {exc}") from None
+
+
+class AVClassifier(nn.Module):
+    """forward(audio [B,1,F,T] | None, video [B,3,N,H,W] | None) -> {"fused", "audio", "video"} logits.
+
+    With one input None, that modality's logits are None and "fused" is the present modality's own
+    head (the model answers from the modality it has)."""
+
+    def __init__(self, arch: dict[str, Any], num_classes: int):
+        super().__init__()
+        self.arch = copy.deepcopy(arch)
+        self.num_classes = num_classes
+        self.encoders = nn.ModuleDict({m: _build_encoder(m, arch[m]) for m in MODALITIES})
+        self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, num_classes) for m in MODALITIES})
+        fcfg = dict(arch.get("fusion", {"type": "late"}))
+        kind = fcfg.pop("type", "late")
+        if kind not in FUSIONS:
+            raise ConfigError(f"model.fusion.type: {kind!r} unknown; choose {', '.join(FUSIONS)}")
+        self.fusion = FUSIONS[kind]({m: self.encoders[m].out_dim for m in MODALITIES}, num_classes, **fcfg)
+
+    def forward(self, audio: torch.Tensor | None, video: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        inputs = {"audio": audio, "video": video}
+        feats = {m: self.encoders[m](x) for m, x in inputs.items() if x is not None}
+        if not feats:
+            raise ValueError("AVClassifier needs at least one of audio, video")
+        out: dict[str, torch.Tensor | None] = {m: self.heads[m](feats[m]) if m in feats else None for m in MODALITIES}
+        if len(feats) == len(MODALITIES):
+            out["fused"] = self.fusion(feats)
+        else:
+            (only,) = feats
+            out["fused"] = out[only]
+        return out
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Explicit groups for balancing: each modality = its encoder + its head + its fusion slice;
+        "shared" = every other trainable tensor (e.g. the fusion bias). Together they cover every
+        parameter exactly once."""
+        groups = {m: [*self.encoders[m].parameters(), *self.heads[m].parameters(),
+                      *self.fusion.modality_params(m)] for m in MODALITIES}
+        groups["shared"] = list(self.fusion.shared_params())
+        return groups
+
+
+def build_model(arch: dict[str, Any], num_classes: int) -> AVClassifier:
+    if not isinstance(arch, dict) or any(m not in arch for m in MODALITIES):
+        raise ConfigError("model: needs `audio` and `video` encoder sections (and optionally `fusion`)")
+    return AVClassifier(arch, num_classes)

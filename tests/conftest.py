@@ -1,0 +1,47 @@
+"""Shared fixtures: the real media folder, small specs, a tiny random-weight bundle."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA = REPO.parent / "shared" / "media"
+
+TINY_ARCH = {"audio": {"type": "resnet", "width": 8, "layers": [1, 1, 1, 1]},
+             "video": {"type": "resnet", "width": 8, "layers": [1, 1, 1, 1]},
+             "fusion": {"type": "late"}}
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    """../shared/media beside the clone (CI lays it there). Never copied into the repository."""
+    if not MEDIA.is_dir():
+        pytest.fail(f"{MEDIA} not found: the tests read real clips from ../shared/media beside the clone")
+    return MEDIA
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from mmdeploy.spec import preset
+
+    return preset("synth").replace(frame_height=32, frame_width=32, n_mels=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_spec) -> Path:
+    """A bundle with random weights and a tiny architecture: enough for export, runtime and serving tests."""
+    import torch
+
+    from mmdeploy.bundle import save_bundle
+    from mmdeploy.models import build_model
+
+    torch.manual_seed(0)
+    classes = ["alpha", "beta", "gamma", "delta"]
+    model = build_model(TINY_ARCH, len(classes)).eval()
+    run = tmp_path_factory.mktemp("tiny_run")
+    save_bundle(run, model, classes, tiny_spec, method={"name": "mlb", "alpha": 0.8})
+    return run
