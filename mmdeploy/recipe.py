@@ -1,0 +1,226 @@
+"""A training recipe: one YAML file, validated into typed sections, with `--set key=value` overrides.
+
+    data:   {manifest, spec: PRESET | {preset, <ClipSpec keys>}, synth: {clips, seed, classes}, cache}
+    model:  {audio: {...}, video: {...}, fusion: {type: late}}
+    method: {name: mlb, alpha: 0.8, ...}      (parameters beside `name` go to balance.build_method)
+    train:  {epochs, batch_size, seed, optimizer: {...}, schedule: {...}, num_workers, device,
+             early_stop, augment}
+
+Relative paths (data.manifest, data.cache) resolve against the current working directory, like any
+command-line path; run from the repository root to use the recipes as written.
+Every problem raises ConfigError with one line that names the dotted key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmdeploy.errors import ConfigError
+from mmdeploy.spec import ClipSpec, preset
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Synth(_Section):
+    clips: int = Field(240, gt=0)
+    seed: int = 0
+    classes: int | list[str] | None = None
+
+
+class Data(_Section):
+    manifest: str
+    spec: str | dict[str, Any] = "synth"
+    synth: Synth | None = None
+    cache: str | None = None
+
+    def clip_spec(self) -> ClipSpec:
+        fields = {"preset": self.spec} if isinstance(self.spec, str) else dict(self.spec)
+        name = fields.pop("preset", None)
+        try:
+            base = preset(name).to_dict() if name is not None else {}
+        except ConfigError as exc:
+            raise ConfigError(f"data.spec: {exc}") from None
+        return ClipSpec.from_dict({**base, **fields}, where="data.spec")
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.manifest).resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        """data.cache, or `cache/` beside the manifest."""
+        return Path(self.cache).resolve() if self.cache else self.manifest_path.parent / "cache"
+
+
+class Model(_Section):
+    audio: dict[str, Any]
+    video: dict[str, Any]
+    fusion: dict[str, Any] = Field(default_factory=lambda: {"type": "late"})
+
+
+class Method(BaseModel):
+    """`name` plus the method's own parameters (checked by balance.build_method)."""
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = "mlb"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Optimizer(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0)
+
+
+class Schedule(_Section):
+    name: Literal["constant", "cosine", "constant_cosine_restarts"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    t0: int = Field(4, gt=0)
+    t_mult: int = Field(2, ge=1)
+
+
+class Train(_Section):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seed: int = 0
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    schedule: Schedule = Field(default_factory=Schedule)
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    early_stop: int | None = Field(None, gt=0)
+    augment: bool = False
+
+
+class Recipe(_Section):
+    data: Data
+    model: Model
+    method: Method = Field(default_factory=Method)
+    train: Train
+
+    @model_validator(mode="after")
+    def _spec_is_valid(self) -> "Recipe":
+        self.data.clip_spec()  # raises ConfigError naming data.spec.<key>
+        return self
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                check_files: bool = True) -> Recipe:
+    """Read (a YAML path or an already-parsed dict), apply `key=value` overrides, validate.
+    With check_files, a missing manifest is an error unless data.synth says how to generate it."""
+    raw = _read(source) if isinstance(source, (str, Path)) else _copy(source)
+    where = str(source) if isinstance(source, (str, Path)) else "recipe"
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from None
+    except ConfigError as exc:  # from ClipSpec / preset, already naming data.spec.<key>
+        raise ConfigError(f"{where}: {exc}") from None
+    if check_files:
+        manifest = recipe.data.manifest_path
+        if not manifest.is_file() and recipe.data.synth is None:
+            raise ConfigError(f"{where}: data.manifest: {manifest} not found; expected a manifest CSV "
+                              "(make one with `mmdeploy data synth DIR` or `mmdeploy data index`), pass "
+                              "--data MANIFEST, or add data.synth to generate it")
+    return recipe
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """`train.optimizer.lr=3e-4` -> raw["train"]["optimizer"]["lr"] = 0.0003 (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=3")
+    try:
+        value = parse_yaml(text)
+    except ValueError as exc:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe not found; expected a YAML file such as training/recipes/synth-cpu.yaml")
+    try:
+        raw = parse_yaml(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections data, model, method, train")
+    return raw
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load, except that `1e-3` is a number (YAML 1.1 wants `1.0e-3`). Raises ValueError."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    number = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ValueError(" ".join(str(exc).split())) from None
+
+
+def _copy(raw: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(raw)
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first validation error as `dotted.key: what is wrong`."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    for union_key, hint in _UNIONS.items():  # pydantic appends the union member tried; name the key
+        if ".".join(loc).startswith(union_key + "."):
+            return f"{union_key}: expected {hint}, got {err.get('input')!r}"
+    key = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, name = key.rpartition(".")[0], loc[-1]
+        return f"{key}: unknown key {name!r}; allowed keys in {parent or 'the recipe'}: {', '.join(_allowed(parent))}"
+    if kind == "missing":
+        return f"{key}: required key missing"
+    msg = err["msg"].replace("Input should be", "expected").replace("a valid dictionary", "a mapping")
+    msg = msg.split(" or instance of ")[0]
+    return f"{key}: {msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
+
+
+_UNIONS = {"data.spec": "a preset name (synth, cremad, ave, ucf101) or a mapping {preset: NAME, <spec keys>}",
+           "data.synth.classes": "a number of classes or a list of class names"}
+
+
+def _allowed(dotted: str) -> list[str]:
+    """The field names of the section at `dotted` ("" = top level)."""
+    cls: type[BaseModel] = Recipe
+    for part in filter(None, dotted.split(".")):
+        annotation = cls.model_fields[part].annotation
+        options = getattr(annotation, "__args__", (annotation,))
+        cls = next(o for o in options if isinstance(o, type) and issubclass(o, BaseModel))
+    return list(cls.model_fields)
