@@ -1,0 +1,301 @@
+"""classify: real clips -> modalities that match their tracks, JSON schema, timeline windows, bounded
+memory, missing-modality fallback, the same tensors as training, clean errors and exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmdeploy.classify import classify_file, classify_files, classify_timeline, expand_paths, file_job
+from mmdeploy.errors import MediaError
+
+REPO = Path(__file__).resolve().parents[1]
+NO_AUDIO = {"screencast_vp8_noaudio.webm", "bbb_h264_100subtitle_tracks_noaudio.mp4"}
+AUDIO_ONLY = {"espeak_en_speech.wav"}
+CLASSES = ["alpha", "beta", "gamma", "delta"]
+
+
+def write_clip(path: Path, seconds: float, *, fps: int = 10, size: tuple[int, int] = (32, 32), rate: int = 16000,
+               audio: bool = True, video: bool = True, faststart: bool = False) -> Path:
+    """An H.264 + AAC file (either track optional) with moving colour and a sine tone."""
+    import av
+
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
+        vs = as_ = None
+        if video:
+            vs = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+            vs.width, vs.height = size
+            vs.pix_fmt = "yuv420p"
+        if audio:
+            as_ = out.add_stream("aac", rate=rate, layout="mono")
+        if vs is not None:
+            for i in range(int(seconds * fps)):
+                img = np.zeros((size[1], size[0], 3), np.uint8)
+                img[..., i % 3] = (i * 7) % 256
+                img[: (i % size[1]) + 1, :, 1] = 200
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                out.mux(vs.encode(frame))
+            out.mux(vs.encode(None))
+        if as_ is not None:
+            chunk = 1024
+            total = int(seconds * rate)
+            for start in range(0, total, chunk):
+                t = np.arange(start, min(start + chunk, total)) / rate
+                samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+                frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+                out.mux(as_.encode(frame))
+            out.mux(as_.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle):
+    from mmdeploy.runtime import load_predictor
+
+    return load_predictor(tiny_bundle, "torch")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("clips")
+    return {"av": write_clip(root / "av.mp4", 3.0),
+            "audio": write_clip(root / "audio_only.mp4", 3.0, video=False),
+            "video": write_clip(root / "video_only.mp4", 3.0, audio=False),
+            "long": write_clip(root / "seven.mp4", 7.0)}
+
+
+def check_schema(result: dict, classes: list[str]) -> None:
+    keys = {"file", "label", "score", "probs", "top_k", "modalities", "per_modality", "backend", "timings_ms"}
+    assert keys <= set(result), set(result) ^ keys
+    assert list(result["probs"]) == classes and result["label"] in classes
+    assert sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert result["score"] == max(result["probs"].values()) == result["probs"][result["label"]]
+    assert [t["score"] for t in result["top_k"]] == sorted((t["score"] for t in result["top_k"]), reverse=True)
+    assert result["top_k"][0]["label"] == result["label"]
+    assert set(result["per_modality"]) == set(result["modalities"]) and result["modalities"]
+    for head in result["per_modality"].values():
+        assert head["label"] in classes and head["agrees"] == (head["label"] == result["label"])
+        assert sum(head["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert set(result["timings_ms"]) == {"decode", "features", "infer"}
+    assert all(v >= 0 for v in result["timings_ms"].values())
+    json.dumps(result)
+
+
+# ---- real clips --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def media_results(media_dir, predictor) -> dict[str, dict]:
+    """Every clip in ../shared/media, classified in one call with two worker processes."""
+    paths, errors = expand_paths([str(media_dir)])
+    assert not errors and len(paths) >= 14
+    return {Path(r["file"]).name: r for r in classify_files(paths, predictor, workers=2)}
+
+
+def test_every_real_clip_reports_its_tracks(media_dir, media_results, predictor):
+    names = sorted(p.name for p in media_dir.iterdir() if p.suffix != ".md")
+    assert sorted(media_results) == names
+    for name, result in media_results.items():
+        assert "error" not in result, (name, result)
+        expected = ["video"] if name in NO_AUDIO else ["audio"] if name in AUDIO_ONLY else ["audio", "video"]
+        assert result["modalities"] == expected, name
+        check_schema(result, list(predictor.classes))
+        assert result["backend"] == predictor.backend
+
+
+def test_parallel_equals_in_process(media_dir, media_results, predictor):
+    clip = media_dir / "cremad_1001_DFA_ANG_XX.flv"
+    alone = classify_file(clip, predictor)
+    assert alone["probs"] == pytest.approx(media_results[clip.name]["probs"], abs=1e-5)
+
+
+def test_silent_audio_track_is_still_audio(media_results):
+    assert "audio" in media_results["vp9_opus_no_duration.webm"]["modalities"]
+
+
+# ---- missing modality ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, present, absent", [("audio", "audio", "video"), ("video", "video", "audio")])
+def test_one_track_uses_that_head(clips, predictor, kind, present, absent):
+    result = classify_file(clips[kind], predictor)
+    assert result["modalities"] == [present] and set(result["per_modality"]) == {present}
+    assert result["probs"] == result["per_modality"][present]["probs"]
+    job = file_job(str(clips[kind]), predictor.spec)
+    assert job[absent] is None
+    zeros = {"audio": np.zeros((1, 1, *predictor.spec.spectrogram_shape), np.float32),
+             "video": np.zeros((1, *predictor.spec.frames_shape), np.float32)}
+    inputs = {**zeros, present: job[present][None]}
+    expected = predictor.predict(inputs["audio"], inputs["video"])[present][0]
+    assert list(result["probs"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_both_tracks_use_fused_head_and_attribute(clips, predictor):
+    result = classify_file(clips["av"], predictor)
+    job = file_job(str(clips["av"]), predictor.spec)
+    probs = predictor.predict(job["audio"][None], job["video"][None])
+    assert list(result["probs"].values()) == pytest.approx(probs["fused"][0].tolist(), abs=1e-6)
+    for m in ("audio", "video"):
+        assert list(result["per_modality"][m]["probs"].values()) == pytest.approx(probs[m][0].tolist(), abs=1e-6)
+    check_schema(result, CLASSES)
+
+
+# ---- train/serve skew ----------------------------------------------------------------------------
+def test_features_equal_training_features(clips, predictor):
+    """classify's tensors for a file == what training computes for the same file. Compared with
+    mmdeploy.features.file_features (the one function training's cache calls)."""
+    from mmdeploy.features import file_features
+
+    spec = predictor.spec
+    job = file_job(str(clips["av"]), spec)
+    audio, video = file_features(clips["av"], spec)
+    assert np.array_equal(job["audio"], audio.numpy()) and np.array_equal(job["video"], video.numpy())
+
+
+# ---- timeline -----------------------------------------------------------------------------------
+def test_timeline_windows_and_timestamps(clips, predictor):
+    rows = list(classify_timeline(clips["long"], predictor, window=2.0, hop=1.0))
+    *windows, summary = rows
+    starts = [w["start"] for w in windows]
+    assert starts == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert all(w["end"] == w["start"] + 2.0 for w in windows)
+    assert summary["windows"] == [{k: w[k] for k in ("start", "end", "label", "score")} for w in windows]
+    mean = np.mean([list(w["probs"].values()) for w in windows], axis=0)
+    assert list(summary["probs"].values()) == pytest.approx(mean.tolist(), abs=1e-6)
+    check_schema(summary, CLASSES)
+
+
+def test_timeline_window_equals_single_window(clips, predictor):
+    first = next(iter(classify_timeline(clips["long"], predictor)))
+    assert (first["start"], first["end"]) == (0.0, predictor.spec.window_seconds)
+    alone = classify_file(clips["long"], predictor)
+    assert list(first["probs"].values()) == pytest.approx(list(alone["probs"].values()), abs=1e-5)
+
+
+RSS_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    from mmdeploy.classify import classify_timeline
+    from mmdeploy.runtime import load_predictor
+    predictor = load_predictor(sys.argv[1], "torch")
+    n = sum(1 for _ in classify_timeline(sys.argv[2], predictor, window=2.0, hop=2.0))
+    print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+""")
+
+
+@pytest.mark.slow
+def test_timeline_memory_is_bounded(tmp_path, tiny_bundle):
+    """Peak RSS for 10 minutes of video is within 40 MB of 1 minute's (holding the decoded 10-minute
+    file would take ~170 MB of frames plus ~38 MB of audio)."""
+    peaks = {}
+    for minutes in (1, 10):
+        clip = write_clip(tmp_path / f"{minutes}min.mp4", 60.0 * minutes, fps=5, size=(160, 120))
+        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tiny_bundle), str(clip)],
+                             capture_output=True, text=True, check=True, cwd=REPO)
+        windows, peaks[minutes] = map(int, out.stdout.split())
+        assert windows == 30 * minutes + 1
+    assert peaks[10] - peaks[1] < 40, peaks
+
+
+# ---- which files, errors ------------------------------------------------------------------------
+def test_expand_paths(tmp_path, clips):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.MP4").write_bytes(b"")
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    (tmp_path / "empty").mkdir()
+    files, errors = expand_paths([str(tmp_path / "a"), str(clips["av"]), str(clips["av"]),
+                                  str(tmp_path / "empty"), str(tmp_path / "nope.mp4"), str(tmp_path / "*.zzz")])
+    assert files == [tmp_path / "a" / "b" / "x.MP4", clips["av"]]
+    assert [e.reason.split(" (")[0] for e in errors] == ["folder has no media files", "no such file or folder",
+                                                         "no file matches this pattern"]
+    files, _ = expand_paths([str(clips["av"].parent / "*.mp4")], limit=2)
+    assert files == sorted(clips["av"].parent.glob("*.mp4"))[:2]
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, clips) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("broken")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "garbage.mp4").write_text("this is not a video\n" * 50)
+    out = {"empty": root / "empty.mp4", "garbage": root / "garbage.mp4"}
+    for name, faststart in (("cut_index_at_end", False), ("cut_faststart", True)):
+        whole = write_clip(root / f"{name}_whole.mp4", 5.0, faststart=faststart)
+        data = whole.read_bytes()
+        out[name] = root / f"{name}.mp4"
+        out[name].write_bytes(data[: int(len(data) * 0.6)])
+    return out
+
+
+@pytest.mark.parametrize("name", ["empty", "garbage", "cut_index_at_end"])
+def test_bad_file_raises_media_error(broken, predictor, name):
+    with pytest.raises(MediaError) as info:
+        classify_file(broken[name], predictor)
+    assert info.value.path == str(broken[name]) and "\n" not in str(info.value)
+
+
+def test_truncated_faststart_is_result_or_clean_error(broken, predictor):
+    """moov at the front, data cut at 60%: the first window may still decode; never a crash."""
+    try:
+        check_schema(classify_file(broken["cut_faststart"], predictor), CLASSES)
+    except MediaError as exc:
+        assert exc.path == str(broken["cut_faststart"])
+
+
+def test_timeline_bad_file_raises_media_error(broken, predictor):
+    with pytest.raises(MediaError):
+        list(classify_timeline(broken["garbage"], predictor))
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmdeploy", "classify", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_cli_json_all_good_exit_0(clips, tiny_bundle):
+    out = cli(str(clips["av"]), str(clips["audio"]), "--model", str(tiny_bundle), "--json", "--top-k", "2",
+              "--backend", "torch")
+    assert out.returncode == 0, out.stderr
+    results = {Path(r["file"]).name: r for r in map(json.loads, out.stdout.splitlines())}
+    assert set(results) == {"av.mp4", "audio_only.mp4"} and results["audio_only.mp4"]["modalities"] == ["audio"]
+    for r in results.values():
+        check_schema(r, CLASSES)
+        assert len(r["top_k"]) == 2 and r["backend"] == "torch"
+
+
+def test_cli_mixed_good_and_bad_exit_2(clips, broken, tiny_bundle, tmp_path):
+    bad = [broken["empty"], broken["garbage"], tmp_path / "missing.mp4", tmp_path]
+    out = cli(str(clips["video"]), *map(str, bad), "--model", str(tiny_bundle), "--json", "--workers", "2")
+    assert out.returncode == 2
+    (good,) = map(json.loads, out.stdout.splitlines())
+    assert good["modalities"] == ["video"]
+    lines = out.stderr.splitlines()
+    assert "Traceback" not in out.stderr and len(lines) == len(bad)
+    for path in bad:
+        assert sum(line.startswith(f"error: {path}: ") for line in lines) == 1, (path, lines)
+
+
+def test_cli_timeline_streams_windows_then_summary(clips, tiny_bundle):
+    out = cli(str(clips["long"]), "--model", str(tiny_bundle), "--json", "--window", "2", "--hop", "2")
+    assert out.returncode == 0, out.stderr
+    *windows, summary = map(json.loads, out.stdout.splitlines())
+    assert [w["start"] for w in windows] == [0.0, 2.0, 4.0, 6.0] == [w["start"] for w in summary["windows"]]
+
+
+def test_cli_text_output(clips, tiny_bundle):
+    out = cli(str(clips["av"]), "--model", str(tiny_bundle), "--top-k", "3")
+    assert out.returncode == 0, out.stderr
+    first, top, *heads, timings = out.stdout.splitlines()
+    assert first.startswith(f"{clips['av']}: ") and "[audio+video, " in first
+    assert top.startswith("  top: ") and top.count(",") == 2
+    assert [h.split(":")[0].strip() for h in heads] == ["audio", "video"] and timings.startswith("  ms: decode")
+
+
+def test_cli_without_model_says_how_to_make_one(clips, tmp_path):
+    out = cli(str(clips["av"]), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: runs: no model bundle found") and "mmdeploy train" in out.stderr
