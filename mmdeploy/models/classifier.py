@@ -8,11 +8,14 @@ import torch
 from torch import nn
 
 from mmdeploy.errors import ConfigError
+from mmdeploy.models.conformer import AudioConformer, VideoConformer
 from mmdeploy.models.fusion import FUSIONS
 from mmdeploy.models.resnet import AudioResNet, VideoResNet
+from mmdeploy.models.tokens import masked_mean
 
 MODALITIES = ("audio", "video")
-ENCODERS = {"audio": {"resnet": AudioResNet}, "video": {"resnet": VideoResNet}}
+ENCODERS = {"audio": {"resnet": AudioResNet, "conformer": AudioConformer},
+            "video": {"resnet": VideoResNet, "conformer": VideoConformer}}
 
 
 def default_arch() -> dict[str, Any]:
@@ -31,15 +34,27 @@ def _build_encoder(modality: str, cfg: dict[str, Any]) -> nn.Module:
         raise ConfigError(f"model.{modality}.type: {kind!r} unknown; choose {', '.join(ENCODERS[modality])}") from None
     try:
         return cls(**cfg)
-    except TypeError as exc:
-        raise ConfigError(f"model.{modality}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.{modality} ({kind}): {exc}") from None
+
+
+def _build_fusion(cfg: dict[str, Any], dims: dict[str, int], num_classes: int) -> nn.Module:
+    cfg = dict(cfg)
+    kind = cfg.pop("type", "late")
+    if kind not in FUSIONS:
+        raise ConfigError(f"model.fusion.type: {kind!r} unknown; choose {', '.join(FUSIONS)}")
+    try:
+        return FUSIONS[kind](dims, num_classes, **cfg)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.fusion ({kind}): {exc}") from None
 
 
 class AVClassifier(nn.Module):
     """forward(audio [B,1,F,T] | None, video [B,3,N,H,W] | None) -> {"fused", "audio", "video"} logits.
 
     With one input None, that modality's logits are None and "fused" is the present modality's own
-    head (the model answers from the modality it has)."""
+    head (the model answers from the modality it has). Optional `lengths` {modality: [B] valid time
+    steps} masks padding; `with_features=True` adds "features" {modality: pooled [B, D]} (for OGM)."""
 
     def __init__(self, arch: dict[str, Any], num_classes: int):
         super().__init__()
@@ -47,23 +62,27 @@ class AVClassifier(nn.Module):
         self.num_classes = num_classes
         self.encoders = nn.ModuleDict({m: _build_encoder(m, arch[m]) for m in MODALITIES})
         self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].out_dim, num_classes) for m in MODALITIES})
-        fcfg = dict(arch.get("fusion", {"type": "late"}))
-        kind = fcfg.pop("type", "late")
-        if kind not in FUSIONS:
-            raise ConfigError(f"model.fusion.type: {kind!r} unknown; choose {', '.join(FUSIONS)}")
-        self.fusion = FUSIONS[kind]({m: self.encoders[m].out_dim for m in MODALITIES}, num_classes, **fcfg)
+        self.fusion = _build_fusion(arch.get("fusion", {"type": "late"}),
+                                    {m: self.encoders[m].out_dim for m in MODALITIES}, num_classes)
 
-    def forward(self, audio: torch.Tensor | None, video: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-        inputs = {"audio": audio, "video": video}
-        feats = {m: self.encoders[m](x) for m, x in inputs.items() if x is not None}
-        if not feats:
+    def forward(self, audio: torch.Tensor | None, video: torch.Tensor | None,
+                lengths: dict[str, torch.Tensor] | None = None, with_features: bool = False
+                ) -> dict[str, Any]:
+        present = {m: x for m, x in (("audio", audio), ("video", video)) if x is not None}
+        if not present:
             raise ValueError("AVClassifier needs at least one of audio, video")
-        out: dict[str, torch.Tensor | None] = {m: self.heads[m](feats[m]) if m in feats else None for m in MODALITIES}
+        lengths = lengths or {}
+        tokens = {m: self.encoders[m].tokens(x, lengths.get(m)) for m, x in present.items()}
+        feats = {m: masked_mean(*t) for m, t in tokens.items()}
+        out: dict[str, Any] = {m: self.heads[m](feats[m]) if m in feats else None for m in MODALITIES}
         if len(feats) == len(MODALITIES):
-            out["fused"] = self.fusion(feats)
+            source = {"features": feats, "tokens": tokens, "logits": {m: out[m] for m in MODALITIES}}
+            out["fused"] = self.fusion(source[self.fusion.inputs])
         else:
             (only,) = feats
             out["fused"] = out[only]
+        if with_features:
+            out["features"] = feats
         return out
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -77,6 +96,10 @@ class AVClassifier(nn.Module):
 
 
 def build_model(arch: dict[str, Any], num_classes: int) -> AVClassifier:
-    if not isinstance(arch, dict) or any(m not in arch for m in MODALITIES):
+    if not isinstance(arch, dict) or any(not isinstance(arch.get(m), dict) for m in MODALITIES):
         raise ConfigError("model: needs `audio` and `video` encoder sections (and optionally `fusion`)")
+    if not isinstance(arch.get("fusion", {}), dict):
+        raise ConfigError("model.fusion: must be a mapping such as {type: late}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ConfigError(f"num_classes: need an integer >= 2, got {num_classes!r}")
     return AVClassifier(arch, num_classes)

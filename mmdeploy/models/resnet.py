@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmdeploy.models.tokens import TokenEncoder, time_mask
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -31,6 +33,10 @@ class ResNet(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 64, layers: tuple[int, ...] = (2, 2, 2, 2)):
         super().__init__()
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        if not layers or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in layers):
+            raise ValueError(f"layers must be a non-empty list of positive integers, got {list(layers)!r}")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         stages, cin = [], width
@@ -57,27 +63,37 @@ class ResNet(nn.Module):
         return self.stages(self.stem(x))
 
 
-class AudioResNet(nn.Module):
-    """Spectrogram [B, 1, F, T] -> ResNet -> global average pool -> [B, D]."""
+class AudioResNet(TokenEncoder):
+    """Spectrogram [B, 1, F, T] -> ResNet -> map [B, D, h, w] -> h*w tokens; forward = global average pool."""
 
     def __init__(self, width: int = 64, layers: tuple[int, ...] = (2, 2, 2, 2)):
         super().__init__()
         self.net = ResNet(1, width, tuple(layers))
         self.out_dim = self.net.out_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).mean(dim=(2, 3))
+    def tokens(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        maps = self.net(x)
+        b, d, h, w = maps.shape
+        mask = time_mask(lengths, w, x.shape[-1])
+        if mask is not None:
+            mask = mask[:, None, :].expand(b, h, w).reshape(b, h * w)
+        return maps.flatten(2).transpose(1, 2), mask
 
 
-class VideoResNet(nn.Module):
-    """Frames [B, 3, N, H, W] -> per-frame 2D ResNet -> mean over frames and space -> [B, D]."""
+class VideoResNet(TokenEncoder):
+    """Frames [B, 3, N, H, W] -> per-frame 2D ResNet -> N*h*w tokens; forward = mean over frames and space."""
 
     def __init__(self, width: int = 64, layers: tuple[int, ...] = (2, 2, 2, 2)):
         super().__init__()
         self.net = ResNet(3, width, tuple(layers))
         self.out_dim = self.net.out_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         b, c, n, h, w = x.shape
-        maps = self.net(x.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w))
-        return maps.reshape(b, n, maps.shape[1], -1).mean(dim=(1, 3))
+        maps = self.net(x.transpose(1, 2).reshape(b * n, c, h, w))
+        d, hw = maps.shape[1], maps.shape[2] * maps.shape[3]
+        tokens = maps.reshape(b, n, d, hw).transpose(2, 3).reshape(b, n * hw, d)
+        mask = time_mask(lengths, n, n)
+        if mask is not None:
+            mask = mask[:, :, None].expand(b, n, hw).reshape(b, n * hw)
+        return tokens, mask
