@@ -4,7 +4,8 @@ The release holds AVE/*.mp4 (or the videos directly under ROOT), Annotations.txt
 trainSet.txt / valSet.txt / testSet.txt, one line per video: `Category&VideoID&Quality&StartTime&EndTime`
 (a header line may come first). The annotated event [StartTime, EndTime] becomes the manifest window
 (start/end columns); group = VideoID. A video listed twice (the real lists have 3,339 train lines for
-3,312 videos; a few videos carry a second event) keeps its first line, as the MLB loader does. Classes follow the MLB code's 28-class order.
+3,312 videos) keeps its first line only (the MLB loader also drops duplicates). Classes follow the MLB
+code's 28-class order.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from mmdeploy.data.indexing import Index, Report, find_file, probe_all, require_
 from mmdeploy.data.manifest import Item
 from mmdeploy.errors import ConfigError
 
-CLASSES = ("Church bell", "Male speech, man speaking", "Bark", "Fixed-wing aircraft, airplane", "Race car, auto racing",
-           "Female speech, woman speaking", "Helicopter", "Violin, fiddle", "Flute", "Ukulele",
-           "Frying (food)", "Truck", "Shofar", "Motorcycle", "Acoustic guitar", "Train horn", "Clock", "Banjo",
-           "Goat", "Baby cry, infant cry", "Bus", "Chainsaw", "Cat", "Horse", "Toilet flush",
+CLASSES = ("Church bell", "Male speech, man speaking", "Bark", "Fixed-wing aircraft, airplane",
+           "Race car, auto racing", "Female speech, woman speaking", "Helicopter", "Violin, fiddle", "Flute",
+           "Ukulele", "Frying (food)", "Truck", "Shofar", "Motorcycle", "Acoustic guitar", "Train horn", "Clock",
+           "Banjo", "Goat", "Baby cry, infant cry", "Bus", "Chainsaw", "Cat", "Horse", "Toilet flush",
            "Rodents, rats, mice", "Accordion", "Mandolin")
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 LAYOUT = "the AVE layout ROOT/AVE/*.mp4 (or ROOT/*.mp4) with Annotations.txt, trainSet.txt, valSet.txt, testSet.txt"
