@@ -1,0 +1,626 @@
+"""PyAV: a media file -> Clip (mono float32 audio at the spec's rate, RGB uint8 frames at the spec's times).
+
+Rules, in one place:
+- Time 0 is the container's start time, so `start` means "seconds into the file" even when the streams
+  start at 1.4 s (MPEG-TS) or 3 ms (WebM). Frame and sample times below are on that clock.
+- Stream choice, per kind: ignore cover art (attached pictures) and undecodable streams; prefer the
+  default disposition, then the most pixels (video) or the highest sample rate then channels (audio),
+  then the lowest index. Data and subtitle streams are never read.
+- A window [start, start + L) has L = min(spec.window_seconds, end - start, duration - start); this L is
+  `Clip.seconds`. Audio is round(L * rate) mono samples (gaps and an early end of the track are zeros).
+  Frame i is the frame on screen at start + offset_i * L / spec.window_seconds (offsets from
+  `spec.frame_offsets()`), so a 2.2-s clip with a 3-s window still gets N distinct frames spread over
+  its real content; a target before the first frame takes the first frame, after the last the last.
+- Rotation side data (display matrix) is applied to the frames, as ffmpeg's autorotate does.
+- Work is bounded: each pass seeks near the window, stops once past it, and gives up (MediaError)
+  after `_PACKETS_PER_SECOND` packets per second of media advanced (plus a fixed allowance), so a
+  hostile file whose timestamps never advance cannot hang a worker.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mmdeploy.errors import MediaError
+from mmdeploy.spec import ClipSpec
+
+OPEN_TIMEOUT = (10.0, 10.0)  # seconds: av.open's (open, read) timeouts
+_PACKETS_PER_SECOND = 1000   # no real stream needs more packets per second of media
+_PACKET_ALLOWANCE = 5000     # packets a pass may read before its time must advance
+_MAX_BAD_PACKETS = 50        # corrupt packets skipped per pass before giving up
+_SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguous" are treated as contiguous
+
+
+# ---- what a file holds ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    stream: int  # index in the container
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    codec: str
+    width: int   # as stored (before rotation), like ffprobe
+    height: int
+    fps: float   # average rate (0.0 when the container does not say)
+    rotation: int  # degrees counter-clockwise that display applies (ffmpeg/PyAV convention), 0 if none
+    stream: int
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: str
+    duration: float | None  # container duration in seconds; None when the file does not say
+    audio: AudioInfo | None
+    video: VideoInfo | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Clip:
+    """One window of a file: audio [S] float32 mono at the spec rate, frames [N, H, W, 3] uint8 RGB."""
+
+    path: str
+    start: float
+    seconds: float
+    audio: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    frame_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None
+
+    @property
+    def has_video(self) -> bool:
+        return self.frames is not None
+
+
+# ---- public functions ----------------------------------------------------------------------------
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Tracks and duration from the container headers only (no frame is decoded)."""
+    with _Opened(path) as container:
+        audio, video = _pick(container, "audio"), _pick(container, "video")
+        if audio is None and video is None:
+            raise MediaError(path, "no audio or video track that can be decoded")
+        duration = container.duration / 1e6 if container.duration else None
+        return MediaInfo(str(path), duration, _audio_info(audio), _video_info(path, container, video))
+
+
+def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, end: float | None = None,
+                  audio_path: str | os.PathLike | None = None) -> Clip:
+    """Decode [start, start + window) of `path` (shorter if `end` or the file ends first).
+
+    `audio_path` (e.g. CREMA-D's separate WAV) replaces the file's own audio track.
+    """
+    start = float(start)
+    if start < 0 or (end is not None and end <= start):
+        raise MediaError(path, f"bad window start={start} end={end}: need 0 <= start < end")
+    with _Opened(path) as container:
+        video = _pick(container, "video")
+        audio = None if audio_path is not None else _pick(container, "audio")
+        if audio is None and video is None and audio_path is None:
+            raise MediaError(path, "no audio or video track that can be decoded")
+        duration = _duration(container)
+        if duration is not None and start >= duration:
+            raise MediaError(path, f"window start {start:g}s is at or past the end of the file ({duration:.2f}s)")
+        seconds = _window_length(spec, start, end, duration)
+        clip = Clip(str(path), start, seconds)
+        if video is not None:
+            frames = _FrameTrack(path, container, video, start + spec.frame_offsets()[0] * seconds
+                                 / spec.window_seconds)
+            clip.frames, clip.frame_times = frames.window(_frame_targets(spec, start, seconds))
+        if audio is not None:
+            track = _AudioTrack(path, container, audio, spec.sample_rate, start)
+            clip.audio = track.window(start, seconds)
+    if audio_path is not None:
+        with _Opened(audio_path) as container:
+            audio = _pick(container, "audio")
+            if audio is None:
+                raise MediaError(audio_path, "no audio track that can be decoded")
+            clip.audio = _AudioTrack(audio_path, container, audio, spec.sample_rate, start).window(start, seconds)
+    if clip.frames is None and clip.audio is None:
+        raise MediaError(path, "no frame or sample could be decoded")
+    return clip
+
+
+def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None = None,
+                 hop: float | None = None) -> Iterator[Clip]:
+    """Consecutive windows over the whole file in one streaming pass per track (bounded memory).
+
+    Windows start at 0, hop, 2*hop, ... A window shorter than `window` (the file's tail) is yielded only
+    if it holds at least half a window or it is the file's only window. Each Clip follows
+    `decode_window`'s rules with `spec.window_seconds` replaced by `window`.
+    """
+    window = float(window or spec.window_seconds)
+    hop = float(hop or window)
+    if window <= 0 or hop <= 0:
+        raise MediaError(path, f"window ({window}) and hop ({hop}) must be > 0 seconds")
+    spec = spec if window == spec.window_seconds else spec.replace(window_seconds=window)
+    with _Opened(path) as vcontainer, _Opened(path) as acontainer:
+        video, audio = _pick(vcontainer, "video"), _pick(acontainer, "audio")
+        if audio is None and video is None:
+            raise MediaError(path, "no audio or video track that can be decoded")
+        duration = _duration(vcontainer)
+        frames = _FrameTrack(path, vcontainer, video, 0.0) if video is not None else None
+        samples = _AudioTrack(path, acontainer, audio, spec.sample_rate, 0.0) if audio is not None else None
+        for k in itertools.count():
+            start = k * hop
+            if duration is None and _exhausted(frames, start) and _exhausted(samples, start) and k:
+                return
+            if duration is not None and (start >= duration or (k and duration - start < window / 2)):
+                return
+            seconds = _window_length(spec, start, None, duration)
+            clip = Clip(str(path), start, seconds)
+            if frames is not None:
+                clip.frames, clip.frame_times = frames.window(_frame_targets(spec, start, seconds))
+            if samples is not None:
+                clip.audio = samples.window(start, seconds)
+                samples.drop_before(start + hop)
+            yield clip
+
+
+# ---- opening and choosing ------------------------------------------------------------------------
+class _Opened:
+    """`with _Opened(path) as container`: clear MediaErrors for missing/empty/unreadable files."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.container = None
+
+    def __enter__(self):
+        import av
+
+        p = Path(self.path)
+        if not p.exists():
+            raise MediaError(self.path, "file not found")
+        if not p.is_file():
+            raise MediaError(self.path, "not a regular file")
+        if p.stat().st_size == 0:
+            raise MediaError(self.path, "file is empty (0 bytes)")
+        try:
+            self.container = av.open(str(p), timeout=OPEN_TIMEOUT)
+        except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
+            raise MediaError(self.path, f"not a readable media file ({_why(exc)})") from None
+        return self.container
+
+    def __exit__(self, *exc_info) -> None:
+        if self.container is not None:
+            self.container.close()
+
+
+def _why(exc: BaseException) -> str:
+    import av
+
+    if isinstance(exc, av.FFmpegError) and getattr(exc, "strerror", None):
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
+
+def _pick(container, kind: str):
+    """The stream of `kind` we read (see the module docstring), or None."""
+    import av
+
+    best, best_key = None, None
+    for s in container.streams:
+        if s.type != kind or s.codec_context is None:
+            continue
+        disposition = int(s.disposition)
+        if disposition & int(av.stream.Disposition.attached_pic):
+            continue
+        cc = s.codec_context
+        if kind == "video":
+            if not (cc.width and cc.height):
+                continue
+            quality = (cc.width * cc.height, float(s.average_rate or 0))
+        else:
+            if not (cc.sample_rate and cc.channels):
+                continue
+            quality = (cc.sample_rate, cc.channels)
+        key = (bool(disposition & int(av.stream.Disposition.default)), quality, -s.index)
+        if best_key is None or key > best_key:
+            best, best_key = s, key
+    return best
+
+
+def _audio_info(stream) -> AudioInfo | None:
+    if stream is None:
+        return None
+    cc = stream.codec_context
+    return AudioInfo(cc.name, int(cc.sample_rate), int(cc.channels), stream.index)
+
+
+def _video_info(path, container, stream) -> VideoInfo | None:
+    if stream is None:
+        return None
+    cc = stream.codec_context
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    return VideoInfo(cc.name, int(cc.width), int(cc.height), round(fps, 3),
+                     _stored_rotation(path, container, stream), stream.index)
+
+
+def _origin(container) -> float:
+    """Container start time in seconds: our time 0."""
+    return container.start_time / 1e6 if container.start_time is not None else 0.0
+
+
+def _duration(container) -> float | None:
+    """Seconds of media from time 0: the container's, else the streams', else by demuxing the tail."""
+    if container.duration:
+        return container.duration / 1e6
+    origin = _origin(container)
+    ends = [float((s.start_time or 0) + s.duration) * s.time_base - origin
+            for s in container.streams if s.type in ("audio", "video") and s.duration]
+    if ends:
+        return max(ends)
+    return _scan_end(container, origin)
+
+
+def _scan_end(container, origin: float) -> float | None:
+    """End time found by seeking near the end and reading packet timestamps (no decoding)."""
+    import av
+
+    streams = [s for s in container.streams if s.type in ("audio", "video")]
+    end = None
+    try:
+        container.seek(1 << 62, backward=True)
+    except (av.FFmpegError, OSError):
+        pass  # not seekable that far: read from where we are
+    try:
+        for packet in container.demux(streams):
+            if packet.pts is not None and packet.time_base is not None:
+                t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
+                end = t if end is None else max(end, t)
+    except (av.FFmpegError, OSError):
+        pass  # a damaged tail: keep what was read
+    if end is None and container.streams:  # the tail seek found nothing: scan from the start
+        try:
+            container.seek(0, backward=True)
+            for packet in container.demux(streams):
+                if packet.pts is not None and packet.time_base is not None:
+                    t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
+                    end = t if end is None else max(end, t)
+        except (av.FFmpegError, OSError):
+            pass
+    return end
+
+
+def _window_length(spec: ClipSpec, start: float, end: float | None, duration: float | None) -> float:
+    seconds = spec.window_seconds
+    if end is not None:
+        seconds = min(seconds, end - start)
+    if duration is not None:
+        seconds = min(seconds, duration - start)
+    return seconds
+
+
+def _frame_targets(spec: ClipSpec, start: float, seconds: float) -> list[float]:
+    scale = seconds / spec.window_seconds
+    return [start + offset * scale for offset in spec.frame_offsets()]
+
+
+def _exhausted(track, t: float) -> bool:
+    return track is None or track.finished_before(t)
+
+
+# ---- demuxing with bounded work ------------------------------------------------------------------
+def _decoded(path, container, stream, t_from: float, margin: float) -> Iterator[tuple[float | None, Any]]:
+    """Yield (time, frame) of `stream` starting at or before `t_from` (seeking there first).
+
+    If the seek lands after `t_from` (inexact index), seek earlier, ending at the start of the file.
+    """
+    origin = _origin(container)
+    for target in (t_from - margin, t_from - 5.0, None):
+        if target is not None and target <= 0:
+            continue
+        _seek(path, container, stream, origin, target)
+        frames = _decode_all(path, container, stream, origin, t_from)
+        first = next(frames, None)
+        if first is None:
+            if target is None:
+                return
+            continue
+        if target is None or first[0] is None or first[0] <= t_from + 1e-3:
+            yield first
+            yield from frames
+            return
+
+
+def _seek(path, container, stream, origin: float, t: float | None) -> None:
+    """Seek `stream` to the keyframe at or before time t (None: the start of the file)."""
+    import av
+
+    tb = stream.time_base
+    offsets = [math.floor((origin + t) / tb)] if t is not None else [stream.start_time or 0, 0]
+    for offset in offsets:
+        try:
+            container.seek(int(offset), backward=True, stream=stream)
+            return
+        except (av.FFmpegError, OSError):
+            continue
+    if t is None:
+        raise MediaError(path, "cannot seek to the start of the file")
+
+
+def _decode_all(path, container, stream, origin: float, t_from: float) -> Iterator[tuple[float | None, Any]]:
+    """Decode from the current position; stop work that does not move forward in time."""
+    import av
+
+    count, bad, earliest, latest = 0, 0, None, None
+    try:
+        for packet in container.demux(stream):
+            count += 1
+            progress = 0.0 if earliest is None else latest - earliest
+            if count > _PACKET_ALLOWANCE + _PACKETS_PER_SECOND * progress:
+                raise MediaError(path, f"gave up after {count} packets of stream {stream.index} without "
+                                       "reaching the window (timestamps do not advance; damaged file?)")
+            try:
+                frames = packet.decode()
+            except (av.InvalidDataError, av.error.PatchWelcomeError, ValueError) as exc:
+                bad += 1
+                if bad > _MAX_BAD_PACKETS:
+                    raise MediaError(path, f"too many corrupt packets in stream {stream.index} ({_why(exc)})") from None
+                continue
+            for frame in frames:
+                t = None if frame.time is None else float(frame.time) - origin
+                if t is not None:
+                    earliest = t if earliest is None else min(earliest, t)
+                    latest = t if latest is None else max(latest, t)
+                yield t, frame
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"decoding stream {stream.index} failed ({_why(exc)})") from None
+    except MemoryError:
+        raise MediaError(path, f"decoding stream {stream.index} ran out of memory") from None
+
+
+# ---- video ---------------------------------------------------------------------------------------
+class _FrameTrack:
+    """Frames of one stream in time order; answers "which frame is on screen at t" for rising t."""
+
+    def __init__(self, path, container, stream, t_first: float):
+        self.fps = float(stream.average_rate or stream.guessed_rate or 25.0)
+        self.frames = _decoded(path, container, stream, t_first, margin=0.05)
+        self.shown: list | None = None  # [time, av frame, rgb or None]: last frame with time <= t
+        self.ahead: list | None = None  # first frame with time > t
+        self.done = False
+        self.last_time: float | None = None
+
+    def _next(self) -> list | None:
+        item = next(self.frames, None)
+        if item is None:
+            self.done = True
+            return None
+        t, frame = item
+        if t is None:  # no timestamp: one frame period after the previous frame
+            t = 0.0 if self.last_time is None else self.last_time + 1.0 / self.fps
+        if self.last_time is not None:
+            t = max(t, self.last_time)  # keep display order monotonic
+        self.last_time = t
+        return [t, frame, None]
+
+    def at(self, t: float) -> list | None:
+        while True:
+            if self.ahead is None and not self.done:
+                self.ahead = self._next()
+            if self.ahead is not None and self.ahead[0] <= t:
+                self.shown, self.ahead = self.ahead, None
+                continue
+            return self.shown or self.ahead
+
+    def finished_before(self, t: float) -> bool:
+        self.at(t)
+        return self.done and self.ahead is None and (self.shown is None or self.shown[0] < t)
+
+    def window(self, targets: list[float]) -> tuple[np.ndarray | None, np.ndarray]:
+        chosen = [self.at(t) for t in targets]
+        if any(c is None for c in chosen):
+            return None, np.zeros(0, np.float64)
+        for c in chosen:
+            if c[2] is None:
+                c[2] = _rgb(c[1])
+        shapes = {c[2].shape for c in chosen}
+        if len(shapes) > 1:  # resolution changed mid-window: bring all to the first frame's size
+            h, w = chosen[0][2].shape[:2]
+            for c in chosen:
+                if c[2].shape[:2] != (h, w):
+                    c[2] = _rgb(c[1], (w, h))
+        return np.stack([c[2] for c in chosen]), np.array([c[0] for c in chosen], np.float64)
+
+
+def _rgb(frame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of a decoded frame (any pixel format), rotated for display."""
+    kwargs = {"width": size[0], "height": size[1]} if size else {}
+    rgb = frame.to_ndarray(format="rgb24", **kwargs)
+    return _orient(rgb, _display_matrix(frame)) if size is None else rgb
+
+
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    import av
+
+    for side in frame.side_data:
+        if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            data = bytes(side)
+            if len(data) >= 36:
+                return struct.unpack("<9i", data[:36])
+    return None
+
+
+def _matrix_rotation(m: tuple[int, ...]) -> int:
+    """av_display_rotation_get rounded: degrees counter-clockwise, in (-180, 180]."""
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return 0
+    deg = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+    deg = int(round(deg)) % 360
+    return deg - 360 if deg > 180 else deg
+
+
+def _orient(rgb: np.ndarray, m: tuple[int, ...] | None) -> np.ndarray:
+    """Apply a display matrix like ffmpeg's autorotate (transpose / hflip / vflip)."""
+    if m is None:
+        return rgb
+    theta = (-_matrix_rotation(m)) % 360  # clockwise degrees, as ffmpeg's get_rotation
+    if abs(theta - 90) < 1:
+        out = rgb.transpose(1, 0, 2) if m[3] > 0 else np.rot90(rgb, -1)  # cclock_flip : clock
+    elif abs(theta - 180) < 1:
+        out = rgb[:, ::-1] if m[0] < 0 else rgb
+        out = out[::-1] if m[4] < 0 else out
+    elif abs(theta - 270) < 1:
+        out = np.rot90(rgb, -1)[::-1] if m[3] < 0 else np.rot90(rgb, 1)  # clock_flip : cclock
+    else:
+        out = rgb[::-1] if m[4] < 0 else rgb
+    return np.ascontiguousarray(out)
+
+
+def _stored_rotation(path, container, stream) -> int:
+    """Rotation from the MP4/MOV track header (where display matrices live); 0 elsewhere."""
+    if "mov" not in container.format.name and "mp4" not in container.format.name:
+        return 0
+    try:
+        matrices = _mov_track_matrices(Path(path))
+    except (OSError, struct.error, ValueError):
+        return 0
+    m = matrices.get(stream.id)
+    return _matrix_rotation(m) if m else 0
+
+
+def _mov_track_matrices(path: Path) -> dict[int, tuple[int, ...]]:
+    """{track_ID: tkhd matrix as 9 ints} read from the moov box, skipping mdat without reading it."""
+    out: dict[int, tuple[int, ...]] = {}
+    with path.open("rb") as f:
+        size = path.stat().st_size
+        for kind, offset, length in _boxes(f, 0, size):
+            if kind != b"moov":
+                continue
+            for tkind, toff, tlen in _boxes(f, offset, offset + length):
+                if tkind != b"trak":
+                    continue
+                for hkind, hoff, hlen in _boxes(f, toff, toff + tlen):
+                    if hkind == b"tkhd":
+                        f.seek(hoff)
+                        data = f.read(min(hlen, 104))
+                        version = data[0]
+                        ids = 12 if version == 0 else 20  # after version/flags + creation/modification
+                        track_id = struct.unpack(">I", data[ids:ids + 4])[0]
+                        matrix_at = ids + 4 + 4 + (4 if version == 0 else 8) + 8 + 2 + 2 + 2 + 2
+                        out[track_id] = struct.unpack(">9i", data[matrix_at:matrix_at + 36])
+            break
+    return out
+
+
+def _boxes(f, begin: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload offset, payload length) of the ISO-BMFF boxes in [begin, end)."""
+    pos = begin
+    while pos + 8 <= end:
+        f.seek(pos)
+        head = f.read(16)
+        if len(head) < 8:
+            return
+        size, kind = struct.unpack(">I4s", head[:8])
+        header = 8
+        if size == 1 and len(head) == 16:
+            size, header = struct.unpack(">Q", head[8:16])[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header:
+            return
+        yield kind, pos + header, min(size, end - pos) - header
+        pos += size
+
+
+# ---- audio ---------------------------------------------------------------------------------------
+class _AudioTrack:
+    """Mono float32 samples at `rate`, placed by timestamp, kept only from the earliest needed time."""
+
+    def __init__(self, path, container, stream, rate: int, t_first: float):
+        self.path, self.rate = path, rate
+        self.chunks = _resampled(path, container, stream, rate, t_first)
+        self.base = int(round(t_first * rate))  # sample index of buf[0]
+        self.buf = np.zeros(0, np.float32)
+        self.written: int | None = None  # sample index just after the last sample placed
+        self.done = False
+
+    def _fill(self, until: int) -> None:
+        while not self.done and (self.written is None or self.written < until):
+            item = next(self.chunks, None)
+            if item is None:
+                self.done = True
+                return
+            self._place(*item)
+
+    def _place(self, t: float | None, samples: np.ndarray) -> None:
+        i = self.written if t is None and self.written is not None else int(round((t or 0.0) * self.rate))
+        if self.written is not None and abs(i - self.written) <= _SYNC_TOLERANCE * self.rate:
+            i = self.written  # timestamp jitter: stay contiguous
+        if i < self.base:
+            samples, i = samples[self.base - i:], self.base
+        stop = i + len(samples)
+        if stop - self.base > len(self.buf):
+            grown = np.zeros(max(stop - self.base, 2 * len(self.buf)), np.float32)
+            grown[:len(self.buf)] = self.buf
+            self.buf = grown
+        self.buf[i - self.base:stop - self.base] = samples
+        self.written = stop if self.written is None else max(self.written, stop)
+
+    def window(self, start: float, seconds: float) -> np.ndarray:
+        a = int(round(start * self.rate))
+        n = int(round(seconds * self.rate))
+        self._fill(a + n)
+        out = np.zeros(n, np.float32)
+        lo, hi = max(a, self.base), min(a + n, self.base + len(self.buf), self.written or self.base)
+        if hi > lo:
+            out[lo - a:hi - a] = self.buf[lo - self.base:hi - self.base]
+        return out
+
+    def drop_before(self, t: float) -> None:
+        cut = int(round(t * self.rate)) - self.base
+        if cut > 0:
+            self.buf = self.buf[cut:].copy() if cut < len(self.buf) else np.zeros(0, np.float32)
+            self.base += cut
+
+    def finished_before(self, t: float) -> bool:
+        self._fill(int(round(t * self.rate)) + 1)
+        return self.done and (self.written is None or self.written <= int(round(t * self.rate)))
+
+
+def _resampled(path, container, stream, rate: int, t_first: float) -> Iterator[tuple[float | None, np.ndarray]]:
+    """(time, mono float32 samples at `rate`) chunks; any layout (5.1, 7.1, ...) is downmixed.
+
+    Downmix = mean of the channels (what librosa.to_mono and torchaudio users do), after resampling
+    each channel with swresample.
+    """
+    import av
+
+    resampler, setup = None, None
+    for _, frame in _decoded(path, container, stream, t_first, margin=0.2):
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != setup:
+            if resampler is not None:
+                yield from _chunks(resampler.resample(None), _origin(container))
+            resampler, setup = av.AudioResampler(format="fltp", layout=None, rate=rate), key
+        try:
+            out = resampler.resample(frame)
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(path, f"cannot convert audio of stream {stream.index} ({_why(exc)})") from None
+        yield from _chunks(out, _origin(container))
+    if resampler is not None:
+        yield from _chunks(resampler.resample(None), _origin(container))
+
+
+def _chunks(frames, origin: float = 0.0) -> Iterator[tuple[float | None, np.ndarray]]:
+    for f in frames:
+        planes = f.to_ndarray()  # [channels, samples] float32
+        samples = planes[0] if planes.shape[0] == 1 else planes.mean(axis=0, dtype=np.float32)
+        yield (None if f.time is None else float(f.time) - origin), samples
