@@ -1,0 +1,338 @@
+"""Bundle -> RUN/export/: one self-contained ONNX file with the ClipSpec inside, a parity report against
+PyTorch on real clips, optionally a TensorRT engine and a BentoML model-store entry.
+
+    model.onnx      inputs audio [B,1,F,T], video [B,3,N,H,W]; outputs fused_logits, audio_logits,
+                    video_logits [B,C] (ONNX names must be unique, so outputs carry a `_logits` suffix);
+                    metadata_props: mmdeploy.spec (ClipSpec JSON), mmdeploy.classes (JSON list), bundle format
+    parity.json     ONNX Runtime (and TensorRT) vs PyTorch: max_abs_diff, top1_agreement per batch size
+
+Deploy targets (export/*.yaml) say the backend, precision, batch profile, providers and parity tolerance.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmdeploy.bundle import FORMAT, FORMAT_VERSION, META, WEIGHTS, Bundle, load_bundle
+from mmdeploy.errors import ConfigError, MediaError, MmdeployError
+from mmdeploy.runtime.base import INPUTS, OUTPUT_NAMES, OUTPUTS
+from mmdeploy.runtime.ort_backend import read_onnx_metadata  # noqa: F401  (re-exported: the ONNX contract)
+from mmdeploy.spec import ClipSpec
+
+ONNX_FILE = "model.onnx"
+PARITY_FILE = "parity.json"
+TARGETS_DIR = Path(__file__).resolve().parents[1] / "export"
+BENTO_MODEL = "av-classifier"
+
+
+# ---- deploy targets ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """One deploy target (export/NAME.yaml)."""
+
+    name: str
+    backend: str = "onnxruntime"  # onnxruntime | tensorrt | torch
+    device: str = "cpu"  # cpu | cuda
+    precision: str = "fp32"  # fp32 | fp16
+    batch: dict[str, int] = field(default_factory=lambda: {"min": 1, "opt": 1, "max": 32})
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    tolerance: float = 1e-4
+    parity_batches: tuple[int, ...] = (1, 5)
+    fp32_layers: tuple[str, ...] = ()
+    cuda_graphs: bool = False
+    description: str = ""
+
+
+_TARGET_KEYS = {"description", "backend", "device", "precision", "batch", "providers", "parity", "fp32_layers",
+                "cuda_graphs"}
+_CHOICES = {"backend": ("onnxruntime", "tensorrt", "torch"), "device": ("cpu", "cuda"), "precision": ("fp32", "fp16")}
+FP32_LAYER_KINDS = ("softmax", "normalization", "reduce", "pooling")
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Read and validate export/NAME.yaml (or any YAML path); unknown keys raise ConfigError."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TARGETS_DIR / f"{path.name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in TARGETS_DIR.glob("*.yaml")))
+        raise ConfigError(f"{path}: no such deploy target; use one of {known} or a YAML path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_target(data, name=path.stem, where=str(path))
+
+
+def parse_target(data: dict[str, Any], name: str, where: str) -> Target:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of target keys")
+    unknown = sorted(set(data) - _TARGET_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TARGET_KEYS))}")
+    for key, allowed in _CHOICES.items():
+        if key in data and data[key] not in allowed:
+            raise ConfigError(f"{where}: {key}: {data[key]!r} is not one of {', '.join(allowed)}")
+    batch = data.get("batch", {"min": 1, "opt": 1, "max": 32})
+    if not isinstance(batch, dict) or set(batch) != {"min", "opt", "max"} or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in batch.values()):
+        raise ConfigError(f"{where}: batch: needs integer min, opt and max, got {batch!r}")
+    if not 1 <= batch["min"] <= batch["opt"] <= batch["max"]:
+        raise ConfigError(f"{where}: batch: needs 1 <= min <= opt <= max, got {batch!r}")
+    parity = data.get("parity", {})
+    if not isinstance(parity, dict) or set(parity) - {"tolerance", "batches"}:
+        raise ConfigError(f"{where}: parity: keys are tolerance and batches, got {parity!r}")
+    tolerance = parity.get("tolerance", 1e-4)
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance <= 0:
+        raise ConfigError(f"{where}: parity.tolerance: must be a number > 0, got {tolerance!r}")
+    batches = parity.get("batches", [1, 5])
+    if not isinstance(batches, list) or not batches or \
+            not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        raise ConfigError(f"{where}: parity.batches: must be a list of batch sizes >= 1, got {batches!r}")
+    layers = data.get("fp32_layers", [])
+    if not isinstance(layers, list) or set(layers) - set(FP32_LAYER_KINDS):
+        raise ConfigError(f"{where}: fp32_layers: choose from {', '.join(FP32_LAYER_KINDS)}, got {layers!r}")
+    providers = data.get("providers", ["CPUExecutionProvider"])
+    if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
+        raise ConfigError(f"{where}: providers: must be a list of ONNX Runtime provider names")
+    if not isinstance(data.get("cuda_graphs", False), bool):
+        raise ConfigError(f"{where}: cuda_graphs: expected true or false")
+    return Target(name=name, backend=data.get("backend", "onnxruntime"), device=data.get("device", "cpu"),
+                  precision=data.get("precision", "fp32"), batch=dict(batch), providers=tuple(providers),
+                  tolerance=float(tolerance), parity_batches=tuple(batches), fp32_layers=tuple(layers),
+                  cuda_graphs=data.get("cuda_graphs", False), description=str(data.get("description", "")))
+
+
+# ---- ONNX --------------------------------------------------------------------------------------
+class LogitsTuple(nn.Module):
+    """AVClassifier with both inputs present, returning (fused, audio, video) logits as a tuple."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(audio, video)
+        return tuple(out[o] for o in OUTPUTS)
+
+
+def onnx_metadata(bundle: Bundle) -> dict[str, str]:
+    return {"mmdeploy.format": FORMAT, "mmdeploy.format_version": str(FORMAT_VERSION),
+            "mmdeploy.spec": bundle.spec.to_json(), "mmdeploy.spec_digest": bundle.spec.digest(),
+            "mmdeploy.classes": json.dumps(bundle.classes), "mmdeploy.arch": json.dumps(bundle.arch, sort_keys=True)}
+
+
+def example_inputs(spec: ClipSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    audio = rng.standard_normal((batch, 1, *spec.spectrogram_shape), dtype=np.float32)
+    video = rng.standard_normal((batch, *spec.frames_shape), dtype=np.float32)
+    return audio, video
+
+
+def export_onnx(bundle: Bundle, path: str | Path | None = None) -> Path:
+    """Export with torch.onnx (the torch.export-based exporter), dynamic batch axis, one file, checked."""
+    import logging
+
+    import onnx
+
+    path = Path(path) if path else bundle.export_dir / ONNX_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    audio, video = (torch.from_numpy(x) for x in example_inputs(bundle.spec, 2))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # optional torchvision ops, not ours
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        program = torch.onnx.export(LogitsTuple(bundle.model).eval(), (audio, video), None, dynamo=True,
+                                    input_names=list(INPUTS), output_names=list(OUTPUT_NAMES),
+                                    dynamic_shapes={"audio": {0: batch}, "video": {0: batch}}, verbose=False)
+    proto = program.model_proto
+    for key, value in onnx_metadata(bundle).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto, full_check=True)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- parity ------------------------------------------------------------------------------------
+def _manifest_path(bundle: Bundle) -> Path | None:
+    """The data manifest model.json records (data.manifest, data or manifest), resolved beside cwd or RUN."""
+    data = bundle.meta.get("data")
+    raw = data.get("manifest") if isinstance(data, dict) else data if isinstance(data, str) else None
+    raw = raw or bundle.meta.get("manifest")
+    if not isinstance(raw, str):
+        return None
+    for candidate in (Path(raw), bundle.path / raw):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parity_inputs(bundle: Bundle, batch: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Features of `batch` clips from the bundle's data manifest (test split first), or random inputs;
+    the third value says which, for the report."""
+    manifest = _manifest_path(bundle)
+    if manifest is None:
+        return (*example_inputs(bundle.spec, batch), "random: model.json records no data manifest that exists")
+    try:
+        from mmdeploy.data.manifest import read_manifest
+        from mmdeploy.features import file_features
+
+        items = read_manifest(manifest).items
+        items = sorted(items, key=lambda it: it.split != "test")[:batch]
+        audio, video = [], []
+        for it in items:
+            a, v = file_features(it.path, bundle.spec, start=it.start, end=it.end, audio_path=it.audio_path)
+            audio.append(np.zeros((1, *bundle.spec.spectrogram_shape), np.float32) if a is None else a.numpy())
+            video.append(np.zeros(bundle.spec.frames_shape, np.float32) if v is None else v.numpy())
+    except (ImportError, MediaError, MmdeployError, OSError) as exc:
+        return (*example_inputs(bundle.spec, batch), f"random: features of {manifest} failed ({exc})")
+    if not items:
+        return (*example_inputs(bundle.spec, batch), f"random: {manifest} lists no clips")
+    reps = -(-batch // len(items))
+    stack = lambda xs: np.stack((xs * reps)[:batch]).astype(np.float32)  # noqa: E731
+    return stack(audio), stack(video), f"clips: {len(items)} from {manifest}"
+
+
+def torch_logits(model: nn.Module, audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        out = model(torch.from_numpy(audio), torch.from_numpy(video))
+    return {o: out[o].numpy() for o in OUTPUTS}
+
+
+def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], tolerance: float) -> dict[str, Any]:
+    """max_abs_diff over all three logits, fused top-1 agreement, and whether the diff is in tolerance
+    (tolerance is absolute, scaled by max(1, largest |logit|) so large logits are not held to 1e-4 absolute)."""
+    diff = max(float(np.max(np.abs(reference[o] - other[o]))) for o in OUTPUTS)
+    scale = max(1.0, max(float(np.max(np.abs(reference[o]))) for o in OUTPUTS))
+    agree = float(np.mean(reference["fused"].argmax(1) == other["fused"].argmax(1)))
+    return {"max_abs_diff": diff, "top1_agreement": agree, "ok": diff <= tolerance * scale}
+
+
+def check_parity(bundle: Bundle, run_other, batches: tuple[int, ...], tolerance: float, label: str) -> dict[str, Any]:
+    """Run `run_other(audio, video) -> logits dict` against PyTorch fp32 on the same inputs at each batch size."""
+    audio, video, source = parity_inputs(bundle, max(batches))
+    rows = []
+    for b in batches:
+        reference = torch_logits(bundle.model, audio[:b], video[:b])
+        rows.append({"batch": b, **compare(reference, run_other(audio[:b], video[:b]), tolerance)})
+    return {"backend": label, "inputs": source, "tolerance": tolerance, "batches": list(batches),
+            "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+            "top1_agreement": min(r["top1_agreement"] for r in rows),
+            "ok": all(r["ok"] for r in rows), "per_batch": rows}
+
+
+# ---- the export command ------------------------------------------------------------------------
+def _ort_logits(onnx_path: Path, providers: tuple[str, ...]):
+    from mmdeploy.runtime.ort_backend import make_session
+
+    session = make_session(onnx_path, providers)
+
+    def run(audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(list(OUTPUT_NAMES), {"audio": audio, "video": video})
+        return dict(zip(OUTPUTS, values))
+
+    return run
+
+
+def _torch_cuda_parity(bundle: Bundle, target: Target) -> dict[str, Any]:
+    """torch on CUDA (fp16 autocast, CUDA graphs if the target asks) vs fp32 CPU; skipped without CUDA."""
+    import copy
+
+    from mmdeploy.runtime.torch_backend import TorchPredictor
+
+    label = f"torch-cuda-{target.precision}"
+    if not torch.cuda.is_available():
+        return {"backend": label, "ok": True, "skipped": "no CUDA GPU visible to torch"}
+    graphs = (target.batch["min"], target.batch["opt"], target.batch["max"]) if target.cuda_graphs else ()
+    predictor = TorchPredictor(copy.deepcopy(bundle.model), bundle.classes, bundle.spec, device="cuda",
+                               fp16=target.precision == "fp16", graph_batches=graphs)
+    return check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance, predictor.backend)
+
+
+def _fail_if_off(report: dict[str, Any], path: Path) -> None:
+    if not report["ok"]:
+        raise MmdeployError(f"{path}: {report['backend']} parity outside tolerance (max_abs_diff "
+                            f"{report['max_abs_diff']:.3g} > {report['tolerance']:g}, top-1 agreement "
+                            f"{report['top1_agreement']:.2f}); see {path / PARITY_FILE}")
+
+
+def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt: bool = False,
+           precision: str | None = None, bento: bool = False) -> dict[str, Any]:
+    """The whole `mmdeploy export` flow; returns a summary (paths, parity, engine, bento tag)."""
+    target = target or load_target(f"trt-{precision or 'fp16'}" if trt else "onnx-cpu")
+    if precision:
+        target = dataclasses.replace(target, precision=precision)
+    trt = trt or target.backend == "tensorrt"
+    if target.precision == "fp16" and target.backend == "onnxruntime":
+        raise ConfigError(f"target {target.name}: fp16 applies to TensorRT engines (--trt) and the torch-cuda-fp16 "
+                          "runtime; the ONNX file is fp32")
+    if trt:
+        from mmdeploy.tensorrt_engine import tensorrt_reason
+
+        reason = tensorrt_reason()
+        if reason:
+            raise MmdeployError(f"--trt: {reason}")
+    bundle = load_bundle(run)
+    out = bundle.export_dir
+    onnx_path = out / ONNX_FILE
+    if onnx or not onnx_path.is_file():
+        export_onnx(bundle, onnx_path)
+    ort_providers = ("CPUExecutionProvider",) if target.backend != "onnxruntime" else target.providers
+    from mmdeploy.runtime.ort_backend import usable_providers
+
+    reports = {"onnxruntime": check_parity(bundle, _ort_logits(onnx_path, usable_providers(ort_providers)),
+                                           target.parity_batches, 1e-4 if target.backend != "onnxruntime"
+                                           else target.tolerance, "onnxruntime")}
+    summary: dict[str, Any] = {"run": str(bundle.path), "target": target.name, "onnx": str(onnx_path)}
+    if target.backend == "torch" and target.device == "cuda":
+        reports["torch"] = _torch_cuda_parity(bundle, target)
+    if trt:
+        from mmdeploy.runtime.trt_backend import TensorRTPredictor
+        from mmdeploy.tensorrt_engine import ensure_engine
+
+        engine, built = ensure_engine(onnx_path, out, target.precision, target.batch, target.fp32_layers)
+        predictor = TensorRTPredictor(engine, bundle.classes, bundle.spec, max_batch=target.batch["max"])
+        reports["tensorrt"] = check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance,
+                                           f"tensorrt-{target.precision}")
+        summary.update(engine=str(engine), engine_built=built)
+    (out / PARITY_FILE).write_text(json.dumps(reports, indent=2) + "\n")
+    for report in reports.values():
+        _fail_if_off(report, out)
+    summary["parity"] = reports
+    if bento:
+        summary["bento"] = save_to_bentoml(bundle, onnx_path)
+    return summary
+
+
+def save_to_bentoml(bundle: Bundle, onnx_path: Path) -> str:
+    """Copy the bundle (model.json, weights, export/model.onnx, parity.json) into the BentoML model store
+    as `av-classifier`; ref.path is itself a bundle folder, so the service loads it with load_predictor."""
+    import bentoml
+
+    labels = {"format": FORMAT, "spec_digest": bundle.spec.digest(), "num_classes": str(len(bundle.classes))}
+    metadata = {"classes": list(bundle.classes), "spec": bundle.spec.to_dict(), "spec_digest": bundle.spec.digest(),
+                "arch": bundle.arch, "source_run": str(Path(bundle.path).resolve())}
+    with bentoml.models.create(name=BENTO_MODEL, labels=labels, metadata=metadata) as ref:
+        root = Path(ref.path)
+        for name in (META, WEIGHTS):
+            shutil.copy2(bundle.path / name, root / name)
+        (root / "export").mkdir(exist_ok=True)
+        shutil.copy2(onnx_path, root / "export" / ONNX_FILE)
+        if (onnx_path.parent / PARITY_FILE).is_file():
+            shutil.copy2(onnx_path.parent / PARITY_FILE, root / "export" / PARITY_FILE)
+    return str(ref.tag)
