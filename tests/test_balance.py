@@ -1,0 +1,222 @@
+"""Balancing: golden coefficients by hand, parameter groups each method touches, config errors."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from mmdeploy.balance import (agm_coefficients, build_method, mlb_coefficients, mlb_ratios, ogm_coefficients,
+                              scale_grads, true_class_scores)
+from mmdeploy.errors import ConfigError
+from mmdeploy.models import build_model
+
+TINY = {"audio": {"type": "resnet", "width": 4, "layers": [1, 1]},
+        "video": {"type": "resnet", "width": 4, "layers": [1, 1]}, "fusion": {"type": "late"}}
+
+
+def test_true_class_scores_by_hand():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]],      # head 0: p = [1/4, 3/4], [1/2, 1/2]
+                           [[math.log(4.0), 0.0], [0.0, 0.0]]])     # head 1: p = [4/5, 1/5], [1/2, 1/2]
+    labels = torch.tensor([1, 0])
+    torch.testing.assert_close(true_class_scores(logits, labels), torch.tensor([(0.75 + 0.5) / 2, (0.2 + 0.5) / 2]))
+
+
+def test_mlb_golden_two_modalities():
+    r = mlb_ratios(torch.tensor([0.8, 0.4]))
+    torch.testing.assert_close(r, torch.tensor([0.5, 2.0]))
+    k = mlb_coefficients(r, alpha=0.8)
+    # k_a = 1 + tanh(0.8 * (0.5 - 1)) = 1 - tanh(0.4); k_v = 1 + tanh(0.8 * (2 - 1)) = 1 + tanh(0.8)
+    torch.testing.assert_close(k, torch.tensor([1 - 0.379949, 1 + 0.664037]), atol=1e-6, rtol=0)
+    # beta variant: only the lagging modality (r > 1) changes: 1 + (10 - 1) tanh(0.8)
+    kb = mlb_coefficients(r, alpha=0.8, beta=10.0)
+    torch.testing.assert_close(kb, torch.tensor([1 - 0.379949, 1 + 9 * 0.664037]), atol=1e-5, rtol=0)
+
+
+def test_mlb_three_modalities_and_equal_scores():
+    r = mlb_ratios(torch.tensor([0.6, 0.3, 0.3]))
+    torch.testing.assert_close(r, torch.tensor([0.5, 1.5, 1.5]))   # (0.3+0.3)/2/0.6, (0.6+0.3)/2/0.3
+    k = mlb_coefficients(r, alpha=1.0)
+    torch.testing.assert_close(k, torch.tensor([1 - math.tanh(0.5), 1 + math.tanh(0.5), 1 + math.tanh(0.5)]))
+    assert mlb_coefficients(mlb_ratios(torch.tensor([0.3, 0.3, 0.3])), alpha=5.0).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_ogm_and_agm_coefficients_by_hand():
+    # rho_a = 0.8 / 0.4 = 2 > 1: audio leads and gets 1 - tanh(0.8 * 2); video untouched
+    torch.testing.assert_close(ogm_coefficients(torch.tensor([0.8, 0.4]), 0.8), torch.tensor([1 - math.tanh(1.6), 1.0]))
+    # r_a = exp(L_v - L_a) = exp(0.5), r_v = exp(-0.5); running means equal -> r* = 1; k = exp(alpha (r* - r))
+    k = agm_coefficients(torch.tensor([0.5, 1.0]), torch.tensor([0.2, 0.2]), alpha=0.8, clip=10.0)
+    torch.testing.assert_close(k, torch.tensor([math.exp(0.8 * (1 - math.exp(0.5))), math.exp(0.8 * (1 - math.exp(-0.5)))]))
+    capped = agm_coefficients(torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0]), alpha=1.0, clip=10.0)
+    assert capped[0].item() == pytest.approx(math.exp(10.0))
+
+
+def test_scale_grads_per_group():
+    a, b = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    a.grad, b.grad = torch.full((3,), 2.0), torch.full((2,), 3.0)
+    scale_grads([[a], [b]], torch.tensor([0.5, 2.0]))
+    assert a.grad.tolist() == [1.0] * 3 and b.grad.tolist() == [6.0] * 2
+
+
+def grads_after(method_name: str, model, epoch: int = 0, **params):
+    method = build_method(method_name, **params)
+    torch.manual_seed(3)
+    audio, video = torch.randn(4, 1, 16, 16), torch.randn(4, 3, 2, 16, 16)
+    labels = torch.tensor([0, 1, 2, 1])
+    model.zero_grad(set_to_none=True)
+    outputs = method.forward(model, audio, video)
+    method.loss(outputs, labels).backward()
+    logs = method.after_backward(model, outputs, labels, epoch)
+    return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}, logs, method
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return build_model(TINY, 3)
+
+
+def group_names(model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {g: [names[id(p)] for p in ps] for g, ps in model.param_groups().items()}
+
+
+def test_joint_gives_heads_no_gradient_and_multiloss_reaches_all(model):
+    joint, logs, _ = grads_after("joint", model)
+    assert logs == {}
+    assert all(joint[n] is None for n in joint if n.startswith("heads."))
+    assert all(joint[n] is not None for n in joint if not n.startswith("heads."))
+    multi, _, _ = grads_after("multiloss", model)
+    assert all(g is not None for g in multi.values())
+
+
+def test_mlb_grads_are_multiloss_grads_times_k_per_group(model):
+    multi, _, _ = grads_after("multiloss", copy.deepcopy(model))
+    mlb, logs, _ = grads_after("mlb", model, alpha=0.8)
+    assert set(logs) == {f"{x}_{m}" for x in "srk" for m in ("audio", "video")}
+    s = torch.tensor([logs["s_audio"], logs["s_video"]])
+    k = mlb_coefficients(mlb_ratios(s), 0.8)
+    assert [logs["k_audio"], logs["k_video"]] == pytest.approx(k.tolist())
+    assert abs(logs["k_audio"] - 1) > 1e-4, "the test batch should be unbalanced"
+    groups = group_names(model)
+    for g, factor in (("audio", k[0].item()), ("video", k[1].item()), ("shared", 1.0)):
+        assert groups[g]
+        for n in groups[g]:
+            torch.testing.assert_close(mlb[n], multi[n] * factor, rtol=1e-5, atol=1e-7)
+    assert groups["shared"] == ["fusion.bias"] and torch.equal(mlb["fusion.bias"], multi["fusion.bias"])
+
+
+def test_mlb_equal_scores_and_inactive_epochs_leave_grads_untouched(model):
+    method = build_method("mlb", alpha=3.0, start_epoch=2, end_epoch=4)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logits = torch.randn(4, 3)
+    same = {"fused": logits, "audio": logits, "video": logits.clone()}
+    logs = method.after_backward(model, same, torch.tensor([0, 1, 2, 0]), epoch=3)
+    assert logs["k_audio"] == logs["k_video"] == 1.0
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+    unequal = {"fused": logits, "audio": logits * 5, "video": logits}
+    logs = method.after_backward(model, unequal, torch.tensor([0, 1, 2, 0]), epoch=5)
+    assert logs["k_audio"] == logs["k_video"] == 1.0 and logs["r_audio"] != 1.0
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+
+
+def test_reduce_hook_sees_scores_before_coefficients(model):
+    method = build_method("mlb", alpha=0.8)
+    seen = []
+    method.reduce = lambda t: (seen.append(t.clone()), torch.tensor([0.8, 0.4]))[1]  # as if other ranks disagree
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logits = torch.randn(4, 3)
+    logs = method.after_backward(model, {"fused": logits, "audio": logits, "video": logits},
+                                 torch.tensor([0, 1, 2, 0]), epoch=0)
+    assert len(seen) == 1 and seen[0].shape == (2,)
+    assert logs["k_audio"] == pytest.approx(1 - 0.379949, abs=1e-6)
+    assert torch.allclose(model.heads["video"].weight.grad, torch.tensor(1 + 0.664037), atol=1e-6)
+
+
+def test_ogm_scales_only_encoders_and_ge_adds_noise(model):
+    joint, _, _ = grads_after("joint", copy.deepcopy(model))
+    ogm, logs, _ = grads_after("ogm", copy.deepcopy(model), alpha=0.8)
+    k = {"audio": logs["k_audio"], "video": logs["k_video"]}
+    assert sorted(k.values())[1] == 1.0 and min(k.values()) < 1.0  # only the leading modality is slowed
+    for n, g in joint.items():
+        factor = next((k[m] for m in k if n.startswith(f"encoders.{m}.")), 1.0)
+        if g is None:
+            assert ogm[n] is None
+        else:
+            torch.testing.assert_close(ogm[n], g * factor, rtol=1e-5, atol=1e-7)
+    ge, _, _ = grads_after("ogm-ge", model, alpha=0.8)
+    assert not torch.allclose(ge["encoders.audio.net.stem.0.weight"], ogm["encoders.audio.net.stem.0.weight"])
+    torch.testing.assert_close(ge["fusion.weights.audio.weight"], ogm["fusion.weights.audio.weight"])
+
+
+def test_ogm_refuses_fusions_without_partial_logits():
+    mid = build_model({**TINY, "fusion": {"type": "mid", "hidden": 8}}, 3)
+    with pytest.raises(ConfigError, match="late"):
+        grads_after("ogm-ge", mid)
+
+
+def test_agm_decomposes_logits_under_no_grad_and_scales_groups(model):
+    joint, _, _ = grads_after("joint", copy.deepcopy(model))
+    agm, logs, method = grads_after("agm", model, alpha=0.8, grad_clip=1e9)
+    assert model.training, "the zeroed-input passes must restore train mode"
+    assert method.steps == 1 and method.running.tolist() == pytest.approx([logs["s_audio"], logs["s_video"]])
+    k = {"audio": logs["k_audio"], "video": logs["k_video"]}
+    assert abs(k["audio"] - k["video"]) > 1e-4, "the test batch should be unbalanced"
+    for g, names in group_names(model).items():
+        for n in names:
+            if joint[n] is None:  # the heads: CE(fused) does not reach them
+                assert agm[n] is None and n.startswith("heads.")
+            else:
+                torch.testing.assert_close(agm[n], joint[n] * k.get(g, 1.0), rtol=1e-5, atol=1e-7)
+
+
+def test_agm_outputs_sum_to_fused(model):
+    method = build_method("agm")
+    out = method.forward(model, torch.randn(2, 1, 16, 16), torch.randn(2, 3, 2, 16, 16))
+    assert not out["agm"]["audio"].requires_grad
+    torch.testing.assert_close(out["agm"]["audio"] + out["agm"]["video"], out["fused"].detach())
+
+
+@pytest.mark.parametrize("name, params, key", [
+    ("mbl", {}, "method.name"),
+    ("mlb", {"alpah": 0.8}, "method.alpah"),
+    ("mlb", {"alpha": -1}, "method.alpha"),
+    ("mlb", {"alpha": "high"}, "method.alpha"),
+    ("mlb", {"variant": "beta"}, "method.beta"),
+    ("mlb", {"beta": 10, "variant": "tanh"}, "method.beta"),
+    ("mlb", {"beta": 0.5}, "method.beta"),
+    ("mlb", {"variant": "2"}, "method.variant"),
+    ("mlb", {"start_epoch": 3, "end_epoch": 2}, "method.end_epoch"),
+    ("joint", {"alpha": 0.8}, "method.alpha"),
+    ("agm", {"clip": 0}, "method.clip"),
+])
+def test_bad_method_config_names_the_key(name, params, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_method(name, **params)
+
+
+def test_beta_alone_selects_the_beta_variant():
+    assert build_method("mlb", alpha=0.5, beta=10).beta == 10.0
+    assert build_method("mlb", alpha=0.5, beta=None).beta is None
+
+
+def test_agm_clips_total_norm_only_when_a_fusion_grad_spikes(model):
+    method = build_method("agm", alpha=0.8, grad_clip=0.5)
+    logits = torch.randn(4, 3)
+    outputs = {"fused": logits, "audio": None, "video": None, "agm": {"audio": logits, "video": logits * 2}}
+    labels = torch.tensor([0, 1, 2, 0])
+    for scale, spikes in ((5.0, True), (1e-3, False)):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, scale)
+        method.after_backward(model, outputs, labels, epoch=0)
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        assert (norm.item() == pytest.approx(0.5, rel=1e-4)) == spikes
+
+
+def test_mlb_skips_a_batch_without_both_heads(model):
+    logits = torch.randn(2, 3)
+    assert build_method("mlb").after_backward(model, {"fused": logits, "audio": logits, "video": None},
+                                              torch.tensor([0, 1]), epoch=0) == {}
