@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,9 @@ def tree(tmp_path_factory, media_dir) -> Path:
     shutil.copy(tpl / "a.wav", root / "AudioWAV" / "1012_IEO_SAD_LO.wav")
     shutil.copy(tpl / "video_only.flv", root / "VideoFlash" / "1013_TIE_FEA_MD.flv")
     shutil.copy(tpl / "a.wav", root / "AudioWAV" / "1013_TIE_FEA_MD.wav")
+    shutil.copy(tpl / "av.flv", root / "VideoFlash" / "1014_ITS_DIS_XX.flv")
+    with wave.open(str(root / "AudioWAV" / "1014_ITS_DIS_XX.wav"), "wb") as w:  # header, no samples
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
     (root / "VideoFlash" / "Thumbs.db").write_bytes(b"\0")
     shutil.rmtree(tpl)
     return root
@@ -105,7 +109,7 @@ def test_speaker_independent_split_is_seeded_and_configurable(tree):
 def test_skip_report_names_each_fault(tree):
     report = index_cremad(tree).report
     assert {r: n for r, (n, _) in report.problems.items()} == {
-        "missing WAV": 1, "unexpected name": 1, "unreadable FLV": 1}
+        "missing WAV": 1, "unexpected name": 1, "unreadable FLV": 1, "empty audio": 1}
     assert "git-lfs" in report.problems["unreadable FLV"][1][0]
     assert report.notes["not an .flv file, ignored"][1] == ["Thumbs.db"]
     assert any(line.startswith("skipped 1 (missing WAV): AudioWAV/1011_DFA_ANG_HI.wav") for line in report.lines())
@@ -133,7 +137,7 @@ def test_cli_summary_and_strict(tree, tmp_path):
     strict = subprocess.run(cmd + ["--strict"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert strict.returncode == 2
     error = [ln for ln in strict.stderr.splitlines() if ln.startswith("error:")]
-    assert len(error) == 1 and "3 clips would be skipped (--strict)" in error[0]
+    assert len(error) == 1 and "4 clips would be skipped (--strict)" in error[0]
     assert "Traceback" not in strict.stderr
 
 

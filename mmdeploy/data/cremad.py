@@ -71,7 +71,9 @@ def index_cremad(root: str | Path, *, seed: int = 0, ratios: tuple[float, float,
             report.problem("unreadable WAV", f"{source}: {a.error}")
         elif not a.audio:
             report.problem("no audio track", source)
-        elif a.duration is not None and (a.duration <= 0 or a.duration < min_seconds):
+        elif a.duration is not None and a.duration <= 0:
+            report.problem("empty audio", source)
+        elif a.duration is not None and a.duration < min_seconds:
             report.problem(f"shorter than {min_seconds:g} s", f"{source} ({a.duration:.2f} s)")
         else:
             kept.append((flv, wav, actor, emotion))
