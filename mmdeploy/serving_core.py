@@ -1,0 +1,345 @@
+"""What the BentoML service (serving/service.py) is made of, kept here so the service stays thin.
+
+- `Settings`: every knob, read from MMDEPLOY_* environment variables.
+- `model_path`: the bundle to serve: MMDEPLOY_MODEL (a run folder) wins, else the BentoML model store tag.
+- `pack` / `unpack`: a batch of (spectrogram, frames) as ONE float32 array [B, D], because a batchable
+  BentoML API takes exactly one parameter; the model service splits it back with the bundle's spec.
+- `RemotePredictor`: looks like a runtime Predictor to `mmdeploy.classify`, but each `predict` goes to
+  the batchable model service, so concurrent requests share model calls and the result JSON is built
+  by classify's own functions (one result shape for the CLI and HTTP).
+- `UploadGuard`: ASGI middleware for the upload routes: 413 before reading a body whose Content-Length is
+  over the limit, 413 while streaming one that grows past it (chunked), 4xx for a missing `video` file
+  field or a body that is not multipart; the body is spooled to disk (bounded memory) and replayed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mmdeploy.errors import BundleError, ConfigError, MmdeployError
+from mmdeploy.spec import ClipSpec
+
+FIELD = "video"  # the multipart field that carries the upload
+DEFAULT_TAG = "av-classifier:latest"
+SPOOL_BYTES = 1 << 20  # request bodies above this spill from memory to a temporary file
+
+
+def _env(name: str, default: str, cast: Callable[[str], Any]) -> Any:
+    raw = os.environ.get(name, default)
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r}: expected a value like {default}") from None
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(text)
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None  # MMDEPLOY_MODEL: a bundle folder; wins over the store tag
+    tag: str = DEFAULT_TAG  # MMDEPLOY_MODEL_TAG: BentoML model store tag
+    backend: str = "auto"  # MMDEPLOY_BACKEND: as `mmdeploy classify --backend`
+    max_upload_mb: float = 100.0  # MMDEPLOY_MAX_UPLOAD_MB
+    decode_timeout_s: float = 60.0  # MMDEPLOY_DECODE_TIMEOUT_S: per file (/classify) or per window (/timeline)
+    decode_threads: int = 4  # MMDEPLOY_DECODE_THREADS: concurrent decodes per API worker
+    batching: bool = True  # MMDEPLOY_BATCHING: adaptive batching of model calls across requests
+    max_batch: int = 32  # MMDEPLOY_MAX_BATCH: windows per model call
+    max_latency_ms: int = 10000  # MMDEPLOY_MAX_LATENCY_MS: BentoML answers 503 for a call queued longer
+    api_workers: int = 1  # MMDEPLOY_API_WORKERS: decoding processes (API service workers)
+    model_workers: int = 1  # MMDEPLOY_MODEL_WORKERS: inference processes (model service workers)
+    timeout_s: int = 600  # MMDEPLOY_REQUEST_TIMEOUT_S: whole request, including a streamed timeline
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(model=os.environ.get("MMDEPLOY_MODEL") or None,
+                   tag=_env("MMDEPLOY_MODEL_TAG", DEFAULT_TAG, str),
+                   backend=_env("MMDEPLOY_BACKEND", "auto", str),
+                   max_upload_mb=_env("MMDEPLOY_MAX_UPLOAD_MB", "100", float),
+                   decode_timeout_s=_env("MMDEPLOY_DECODE_TIMEOUT_S", "60", float),
+                   decode_threads=_env("MMDEPLOY_DECODE_THREADS", "4", int),
+                   batching=_env("MMDEPLOY_BATCHING", "1", _flag),
+                   max_batch=_env("MMDEPLOY_MAX_BATCH", "32", int),
+                   max_latency_ms=_env("MMDEPLOY_MAX_LATENCY_MS", "10000", int),
+                   api_workers=_env("MMDEPLOY_API_WORKERS", "1", int),
+                   model_workers=_env("MMDEPLOY_MODEL_WORKERS", "1", int),
+                   timeout_s=_env("MMDEPLOY_REQUEST_TIMEOUT_S", "600", int))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * (1 << 20))
+
+
+def model_path(settings: Settings) -> Path:
+    """The bundle folder to serve: MMDEPLOY_MODEL when set, else the store model `settings.tag`."""
+    if settings.model:
+        return Path(settings.model).resolve()
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return Path(bentoml.models.get(settings.tag).path)
+    except NotFound:
+        raise BundleError(f"model {settings.tag!r} is not in the BentoML model store "
+                          f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `mmdeploy export RUN --bento` "
+                          "or set MMDEPLOY_MODEL=RUN") from None
+
+
+# ---- one array per batch -----------------------------------------------------------------------
+def pack(audio: np.ndarray, video: np.ndarray) -> np.ndarray:
+    """audio [B,1,F,T] + video [B,3,N,H,W] -> float32 [B, 1*F*T + 3*N*H*W]."""
+    b = len(audio)
+    return np.concatenate([np.asarray(audio, np.float32).reshape(b, -1),
+                           np.asarray(video, np.float32).reshape(b, -1)], axis=1)
+
+
+def unpack(rows: np.ndarray, spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `pack` for `spec`'s shapes; a wrong width is a ValueError naming both."""
+    a_shape, v_shape = (1, *spec.spectrogram_shape), tuple(spec.frames_shape)
+    a_size = int(np.prod(a_shape))
+    width = a_size + int(np.prod(v_shape))
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise ValueError(f"packed windows: expected [B, {width}] for this model's spec, got {list(rows.shape)}")
+    b = len(rows)
+    return (np.ascontiguousarray(rows[:, :a_size].reshape(b, *a_shape)),
+            np.ascontiguousarray(rows[:, a_size:].reshape(b, *v_shape)))
+
+
+HEADS = ("fused", "audio", "video")
+
+
+def stack_probs(probs: dict[str, np.ndarray]) -> np.ndarray:
+    """{"fused","audio","video"}: [B,C] -> [B, 3, C] float32."""
+    return np.stack([np.asarray(probs[h], np.float32) for h in HEADS], axis=1)
+
+
+class ModelCallError(Exception):
+    """The model service did not answer (overloaded past MMDEPLOY_MAX_LATENCY_MS, restarting, ...)."""
+
+
+class RemotePredictor:
+    """A Predictor whose `predict` calls the batchable model service from a worker thread.
+
+    `call` is the model service's async `predict`; `loop` is the API server's event loop, where the call
+    runs; `deadline` (loop.time()) stops a timed-out request at its next model call."""
+
+    def __init__(self, info: dict[str, Any], call, loop: asyncio.AbstractEventLoop, deadline: float | None = None):
+        self.backend = info["backend"]
+        self.classes = list(info["classes"])
+        self.spec = ClipSpec.from_dict(info["spec"])
+        self._call, self._loop, self._deadline = call, loop, deadline
+
+    def predict(self, audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
+        if self._deadline is not None and self._loop.time() > self._deadline:
+            raise TimeoutError("request timed out before its model call")
+        try:
+            out = asyncio.run_coroutine_threadsafe(self._call(pack(audio, video)), self._loop).result()
+        except Exception as exc:
+            raise ModelCallError(f"model service call failed ({type(exc).__name__}: {exc})") from exc
+        out = np.asarray(out, np.float32)
+        return {h: out[:, i] for i, h in enumerate(HEADS)}
+
+
+def warm_features(spec: ClipSpec) -> None:
+    """Compute features of a silent black window once, so the first request does not pay for lazy setup."""
+    from mmdeploy.classify import clip_features
+    from mmdeploy.media import Clip
+
+    clip = Clip(path="warm-up", start=0.0, seconds=spec.window_seconds,
+                audio=np.zeros(spec.audio_samples, np.float32),
+                frames=np.zeros((spec.frames, 64, 64, 3), np.uint8))
+    clip_features(clip, spec)
+
+
+# ---- threads with a deadline -------------------------------------------------------------------
+class DecodePool:
+    """A bounded thread pool for decoding + features; `run` awaits a call with a timeout. A timed-out
+    call keeps its thread until it returns (threads cannot be killed), which the pool size bounds."""
+
+    def __init__(self, threads: int, timeout_s: float):
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.timeout_s = timeout_s
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), self.timeout_s)
+
+
+# ---- errors as JSON ----------------------------------------------------------------------------
+def fail(ctx, status: int, message: str) -> dict[str, str]:
+    """{"error": message} with `status` (BentoML takes an API's status from its Context)."""
+    ctx.response.status_code = status
+    return {"error": message}
+
+
+def explain(exc: BaseException, name: str, timeout_s: float) -> tuple[int, str]:
+    """A user-facing exception -> (4xx/503 status, message); anything else is re-raised (a real 500)."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return 422, f"{name}: decoding took longer than {timeout_s:g} s (MMDEPLOY_DECODE_TIMEOUT_S); send a shorter clip"
+    if isinstance(exc, ModelCallError):
+        return 503, str(exc)
+    if isinstance(exc, MmdeployError):
+        return 422, f"{name}: {getattr(exc, 'reason', None) or exc}"
+    raise exc
+
+
+def upload_name(request) -> str:
+    """The client's file name of the upload (recorded by UploadGuard), else 'upload'."""
+    return request.scope.get("state", {}).get("mmdeploy_upload") or "upload"
+
+
+# ---- the upload guard (ASGI middleware) ---------------------------------------------------------
+class UploadTooLarge(Exception):
+    pass
+
+
+class UploadGuard:
+    """Checks POST bodies on `paths` before the service parses them (see the module docstring)."""
+
+    def __init__(self, app, paths: tuple[str, ...] = ("/classify", "/timeline"), max_bytes: int | None = None):
+        self.app = app
+        self.paths = paths
+        self.max_bytes = max_bytes if max_bytes is not None else Settings.from_env().max_upload_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit_mb = self.max_bytes / (1 << 20)
+        too_large = (413, f"upload larger than {limit_mb:g} MB (MMDEPLOY_MAX_UPLOAD_MB)")
+        try:
+            length = int(headers.get("content-length", "-1"))
+        except ValueError:
+            return await _reply(send, 400, "bad Content-Length header")
+        if length > self.max_bytes:
+            return await _reply(send, *too_large)
+        boundary = _boundary(headers.get("content-type", ""))
+        if boundary is None:
+            return await _reply(send, 415, f"send the file as multipart/form-data in the field '{FIELD}', "
+                                           f"e.g. curl -F {FIELD}=@clip.mp4 URL")
+        body = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        try:
+            try:
+                parts = await _spool(receive, body, boundary, self.max_bytes)
+            except UploadTooLarge:
+                return await _reply(send, *too_large)
+            except ValueError as exc:
+                return await _reply(send, 400, f"malformed multipart body ({exc})")
+            video = [p for p in parts if p.get("name") == FIELD]
+            if not video or "filename" not in video[0]:
+                seen = ", ".join(repr(p.get("name")) for p in parts) or "none"
+                return await _reply(send, 400, f"no file in the multipart field '{FIELD}' (fields sent: {seen}); "
+                                               f"e.g. curl -F {FIELD}=@clip.mp4 URL")
+            if video[0]["size"] == 0:
+                return await _reply(send, 422, f"{video[0]['filename'] or 'upload'}: empty file")
+            scope.setdefault("state", {})["mmdeploy_upload"] = os.path.basename(video[0]["filename"])
+            body.seek(0)
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            body.close()
+
+
+def _boundary(content_type: str) -> bytes | None:
+    from python_multipart.multipart import parse_options_header
+
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        return None
+    return options[b"boundary"]
+
+
+async def _spool(receive, body, boundary: bytes, max_bytes: int) -> list[dict[str, Any]]:
+    """Read the request into `body`, counting bytes, and parse part headers on the way:
+    [{name, filename?, size}] per part. Raises UploadTooLarge past max_bytes, ValueError if malformed."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    parts: list[dict[str, Any]] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+    current: dict[str, Any] = {}
+
+    def on_header_field(data, start, end):
+        header["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        header["value"] += data[start:end]
+
+    def on_header_end():
+        if header["field"].lower() == b"content-disposition":
+            _, options = parse_options_header(header["value"])
+            current["name"] = options.get(b"name", b"").decode("utf-8", "replace")
+            if b"filename" in options:
+                current["filename"] = options[b"filename"].decode("utf-8", "replace")
+        header["field"], header["value"] = b"", b""
+
+    def on_part_begin():
+        current.clear()
+        current["size"] = 0
+
+    def on_part_data(data, start, end):
+        current["size"] += end - start
+
+    def on_part_end():
+        parts.append(dict(current))
+
+    parser = MultipartParser(boundary, {"on_header_field": on_header_field, "on_header_value": on_header_value,
+                                        "on_header_end": on_header_end, "on_part_begin": on_part_begin,
+                                        "on_part_data": on_part_data, "on_part_end": on_part_end})
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ValueError("client disconnected")
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > max_bytes:
+            raise UploadTooLarge()
+        body.write(chunk)
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise ValueError(str(exc)) from None
+        if not message.get("more_body", False):
+            break
+    parser.finalize()
+    return parts
+
+
+def _replay(body, receive, chunk: int = 1 << 16):
+    """An ASGI receive that serves the spooled body again, then defers to the real one (disconnects)."""
+    done = False
+
+    async def replay():
+        nonlocal done
+        if done:
+            return await receive()
+        data = body.read(chunk)
+        more = len(data) == chunk
+        if more:
+            rest = body.read(1)
+            more = bool(rest)
+            if more:
+                body.seek(-1, os.SEEK_CUR)
+        done = not more
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    return replay
+
+
+async def _reply(send, status: int, message: str) -> None:
+    payload = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
