@@ -7,10 +7,12 @@ Rules, in one place:
   default disposition, then the most pixels (video) or the highest sample rate then channels (audio),
   then the lowest index. Data and subtitle streams are never read.
 - A window [start, start + L) has L = min(spec.window_seconds, end - start, duration - start); this L is
-  `Clip.seconds`. Audio is round(L * rate) mono samples (gaps and an early end of the track are zeros).
+  `Clip.seconds`. Audio is round(L * rate) mono samples (gaps and an early end of the track are zeros;
+  None when the track has no sample in the window at all).
   Frame i is the frame on screen at start + offset_i * L / spec.window_seconds (offsets from
   `spec.frame_offsets()`), so a 2.2-s clip with a 3-s window still gets N distinct frames spread over
-  its real content; a target before the first frame takes the first frame, after the last the last.
+  its real content; a target before the first frame takes the first frame, after the last the last
+  (for up to `_HOLD_LAST` s; later than that the window has no video: frames None).
 - Rotation side data (display matrix) is applied to the frames, as ffmpeg's autorotate does.
 - Work is bounded: each pass seeks near the window, stops once past it, and gives up (MediaError)
   after `_PACKETS_PER_SECOND` packets per second of media advanced (plus a fixed allowance), so a
@@ -35,6 +37,7 @@ OPEN_TIMEOUT = (10.0, 10.0)  # seconds: av.open's (open, read) timeouts
 _PACKETS_PER_SECOND = 1000   # no real stream needs more packets per second of media
 _PACKET_ALLOWANCE = 5000     # packets a pass may read before its time must advance
 _MAX_BAD_PACKETS = 50        # corrupt packets skipped per pass before giving up
+_HOLD_LAST = 1.0             # s: after a stream's last frame, that frame stays on screen this long
 _SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguous" are treated as contiguous
 
 
@@ -91,12 +94,12 @@ class Clip:
 # ---- public functions ----------------------------------------------------------------------------
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Tracks and duration from the container headers only (no frame is decoded)."""
-    with _Opened(path) as container:
-        audio, video = _pick(container, "audio"), _pick(container, "video")
+    with _Source(path) as src:
+        audio, video = _pick(src.container, "audio"), _pick(src.container, "video")
         if audio is None and video is None:
             raise MediaError(path, "no audio or video track that can be decoded")
-        duration = container.duration / 1e6 if container.duration else None
-        return MediaInfo(str(path), duration, _audio_info(audio), _video_info(path, container, video))
+        duration = src.container.duration / 1e6 if src.container.duration else None
+        return MediaInfo(str(path), duration, _audio_info(audio), _video_info(path, src.container, video))
 
 
 def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, end: float | None = None,
@@ -108,29 +111,29 @@ def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, e
     start = float(start)
     if start < 0 or (end is not None and end <= start):
         raise MediaError(path, f"bad window start={start} end={end}: need 0 <= start < end")
-    with _Opened(path) as container:
-        video = _pick(container, "video")
-        audio = None if audio_path is not None else _pick(container, "audio")
+    with _Source(path) as src:
+        # stream indices, not objects: a pass may reopen the container (see _Source.rewind)
+        video = _index(_pick(src.container, "video"))
+        audio = None if audio_path is not None else _index(_pick(src.container, "audio"))
         if audio is None and video is None and audio_path is None:
             raise MediaError(path, "no audio or video track that can be decoded")
-        duration = _duration(container)
+        duration = _duration(src)
         if duration is not None and start >= duration:
             raise MediaError(path, f"window start {start:g}s is at or past the end of the file ({duration:.2f}s)")
         seconds = _window_length(spec, start, end, duration)
         clip = Clip(str(path), start, seconds)
         if video is not None:
-            frames = _FrameTrack(path, container, video, start + spec.frame_offsets()[0] * seconds
-                                 / spec.window_seconds)
-            clip.frames, clip.frame_times = frames.window(_frame_targets(spec, start, seconds))
+            targets = _frame_targets(spec, start, seconds)
+            track = _FrameTrack(src, video, targets[0])
+            clip.frames, clip.frame_times = _stack([track.at(t) for t in targets])
         if audio is not None:
-            track = _AudioTrack(path, container, audio, spec.sample_rate, start)
-            clip.audio = track.window(start, seconds)
+            clip.audio = _AudioTrack(src, audio, spec.sample_rate, start).window(start, seconds)
     if audio_path is not None:
-        with _Opened(audio_path) as container:
-            audio = _pick(container, "audio")
+        with _Source(audio_path) as src:
+            audio = _index(_pick(src.container, "audio"))
             if audio is None:
                 raise MediaError(audio_path, "no audio track that can be decoded")
-            clip.audio = _AudioTrack(audio_path, container, audio, spec.sample_rate, start).window(start, seconds)
+            clip.audio = _AudioTrack(src, audio, spec.sample_rate, start).window(start, seconds)
     if clip.frames is None and clip.audio is None:
         raise MediaError(path, "no frame or sample could be decoded")
     return clip
@@ -149,13 +152,18 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
     if window <= 0 or hop <= 0:
         raise MediaError(path, f"window ({window}) and hop ({hop}) must be > 0 seconds")
     spec = spec if window == spec.window_seconds else spec.replace(window_seconds=window)
-    with _Opened(path) as vcontainer, _Opened(path) as acontainer:
-        video, audio = _pick(vcontainer, "video"), _pick(acontainer, "audio")
+    with _Source(path) as vsrc, _Source(path) as asrc:
+        video, audio = _index(_pick(vsrc.container, "video")), _index(_pick(asrc.container, "audio"))
         if audio is None and video is None:
             raise MediaError(path, "no audio or video track that can be decoded")
-        duration = _duration(vcontainer)
-        frames = _FrameTrack(path, vcontainer, video, 0.0) if video is not None else None
-        samples = _AudioTrack(path, acontainer, audio, spec.sample_rate, 0.0) if audio is not None else None
+        duration = _duration(vsrc)
+
+        def targets(k: int) -> list[float]:
+            return _frame_targets(spec, k * hop, _window_length(spec, k * hop, None, duration))
+
+        frames = _FrameTrack(vsrc, video, 0.0) if video is not None else None
+        samples = _AudioTrack(asrc, audio, spec.sample_rate, 0.0) if audio is not None else None
+        picked: dict[tuple[int, int], list | None] = {}  # (window, frame) -> chosen frame, picked in time order
         for k in itertools.count():
             start = k * hop
             if duration is None and _exhausted(frames, start) and _exhausted(samples, start) and k:
@@ -165,22 +173,41 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
             seconds = _window_length(spec, start, None, duration)
             clip = Clip(str(path), start, seconds)
             if frames is not None:
-                clip.frames, clip.frame_times = frames.window(_frame_targets(spec, start, seconds))
+                # later windows overlap this one: pick their earlier targets now, before the track moves on
+                last = max(targets(k))
+                due = [(t, (j, i)) for j in range(k, k + int(last // hop) + 2) for i, t in enumerate(targets(j))
+                       if t <= last and (j, i) not in picked]
+                for t, key in sorted(due):
+                    picked[key] = frames.at(t)
+                clip.frames, clip.frame_times = _stack([picked.pop((k, i)) for i in range(spec.frames)])
             if samples is not None:
                 clip.audio = samples.window(start, seconds)
                 samples.drop_before(start + hop)
-            yield clip
+            if clip.has_audio or clip.has_video:  # a window with nothing decodable (damaged part) is skipped
+                yield clip
 
 
 # ---- opening and choosing ------------------------------------------------------------------------
-class _Opened:
-    """`with _Opened(path) as container`: clear MediaErrors for missing/empty/unreadable files."""
+class _Source:
+    """`with _Source(path) as src`: src.container, opened with clear MediaErrors for missing, empty or
+    unreadable files; `rewind()` goes back to the start of the file (reopening: some demuxers cannot
+    seek back to the first keyframe)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
         self.container = None
+        self.fresh = True  # nothing read yet: positioned at the start
 
-    def __enter__(self):
+    def __enter__(self) -> "_Source":
+        self.container = self._open()
+        return self
+
+    def rewind(self) -> None:
+        if not self.fresh:
+            self.container.close()
+            self.container, self.fresh = self._open(), True
+
+    def _open(self):
         import av
 
         p = Path(self.path)
@@ -191,10 +218,9 @@ class _Opened:
         if p.stat().st_size == 0:
             raise MediaError(self.path, "file is empty (0 bytes)")
         try:
-            self.container = av.open(str(p), timeout=OPEN_TIMEOUT)
+            return av.open(str(p), timeout=OPEN_TIMEOUT)
         except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
             raise MediaError(self.path, f"not a readable media file ({_why(exc)})") from None
-        return self.container
 
     def __exit__(self, *exc_info) -> None:
         if self.container is not None:
@@ -235,6 +261,10 @@ def _pick(container, kind: str):
     return best
 
 
+def _index(stream) -> int | None:
+    return None if stream is None else stream.index
+
+
 def _audio_info(stream) -> AudioInfo | None:
     if stream is None:
         return None
@@ -256,8 +286,9 @@ def _origin(container) -> float:
     return container.start_time / 1e6 if container.start_time is not None else 0.0
 
 
-def _duration(container) -> float | None:
+def _duration(src: _Source) -> float | None:
     """Seconds of media from time 0: the container's, else the streams', else by demuxing the tail."""
+    container = src.container
     if container.duration:
         return container.duration / 1e6
     origin = _origin(container)
@@ -265,6 +296,7 @@ def _duration(container) -> float | None:
             for s in container.streams if s.type in ("audio", "video") and s.duration]
     if ends:
         return max(ends)
+    src.fresh = False
     return _scan_end(container, origin)
 
 
@@ -316,17 +348,19 @@ def _exhausted(track, t: float) -> bool:
 
 
 # ---- demuxing with bounded work ------------------------------------------------------------------
-def _decoded(path, container, stream, t_from: float, margin: float) -> Iterator[tuple[float | None, Any]]:
-    """Yield (time, frame) of `stream` starting at or before `t_from` (seeking there first).
+def _decoded(src: _Source, index: int, t_from: float, margin: float) -> Iterator[tuple[float | None, Any]]:
+    """Yield (time, frame) of stream `index` starting at or before `t_from` (seeking there first).
 
     If the seek lands after `t_from` (inexact index), seek earlier, ending at the start of the file.
     """
-    origin = _origin(container)
     for target in (t_from - margin, t_from - 5.0, None):
-        if target is not None and target <= 0:
+        if target is not None and (target <= 0 or not _seek(src, index, target)):
             continue
-        _seek(path, container, stream, origin, target)
-        frames = _decode_all(path, container, stream, origin, t_from)
+        if target is None:
+            src.rewind()
+        src.fresh = False
+        stream, origin = src.container.streams[index], _origin(src.container)
+        frames = _decode_all(src.path, src.container, stream, origin)
         first = next(frames, None)
         if first is None:
             if target is None:
@@ -338,23 +372,20 @@ def _decoded(path, container, stream, t_from: float, margin: float) -> Iterator[
             return
 
 
-def _seek(path, container, stream, origin: float, t: float | None) -> None:
-    """Seek `stream` to the keyframe at or before time t (None: the start of the file)."""
+def _seek(src: _Source, index: int, t: float) -> bool:
+    """Seek stream `index` to the keyframe at or before time t; False if the demuxer cannot."""
     import av
 
-    tb = stream.time_base
-    offsets = [math.floor((origin + t) / tb)] if t is not None else [stream.start_time or 0, 0]
-    for offset in offsets:
-        try:
-            container.seek(int(offset), backward=True, stream=stream)
-            return
-        except (av.FFmpegError, OSError):
-            continue
-    if t is None:
-        raise MediaError(path, "cannot seek to the start of the file")
+    stream = src.container.streams[index]
+    try:
+        src.container.seek(int(math.floor((_origin(src.container) + t) / stream.time_base)), backward=True,
+                           stream=stream)
+        return True
+    except (av.FFmpegError, OSError, OverflowError):
+        return False
 
 
-def _decode_all(path, container, stream, origin: float, t_from: float) -> Iterator[tuple[float | None, Any]]:
+def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float | None, Any]]:
     """Decode from the current position; stop work that does not move forward in time."""
     import av
 
@@ -389,9 +420,10 @@ def _decode_all(path, container, stream, origin: float, t_from: float) -> Iterat
 class _FrameTrack:
     """Frames of one stream in time order; answers "which frame is on screen at t" for rising t."""
 
-    def __init__(self, path, container, stream, t_first: float):
+    def __init__(self, src: _Source, index: int, t_first: float):
+        stream = src.container.streams[index]
         self.fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-        self.frames = _decoded(path, container, stream, t_first, margin=0.05)
+        self.frames = _decoded(src, index, t_first, margin=0.05)
         self.shown: list | None = None  # [time, av frame, rgb or None]: last frame with time <= t
         self.ahead: list | None = None  # first frame with time > t
         self.done = False
@@ -411,39 +443,39 @@ class _FrameTrack:
         return [t, frame, None]
 
     def at(self, t: float) -> list | None:
+        """The frame on screen at t (calls must not go back in time); None past a stream that ended
+        more than `_HOLD_LAST` s (or two frame periods) before t, or with no frame at all."""
         while True:
             if self.ahead is None and not self.done:
                 self.ahead = self._next()
             if self.ahead is not None and self.ahead[0] <= t:
                 self.shown, self.ahead = self.ahead, None
                 continue
+            if self.done and self.shown is not None and t - self.shown[0] > max(_HOLD_LAST, 2.0 / self.fps):
+                return None
             return self.shown or self.ahead
 
     def finished_before(self, t: float) -> bool:
         self.at(t)
         return self.done and self.ahead is None and (self.shown is None or self.shown[0] < t)
 
-    def window(self, targets: list[float]) -> tuple[np.ndarray | None, np.ndarray]:
-        chosen = [self.at(t) for t in targets]
-        if any(c is None for c in chosen):
-            return None, np.zeros(0, np.float64)
-        for c in chosen:
-            if c[2] is None:
-                c[2] = _rgb(c[1])
-        shapes = {c[2].shape for c in chosen}
-        if len(shapes) > 1:  # resolution changed mid-window: bring all to the first frame's size
-            h, w = chosen[0][2].shape[:2]
-            for c in chosen:
-                if c[2].shape[:2] != (h, w):
-                    c[2] = _rgb(c[1], (w, h))
-        return np.stack([c[2] for c in chosen]), np.array([c[0] for c in chosen], np.float64)
+
+def _stack(chosen: list[list | None]) -> tuple[np.ndarray | None, np.ndarray]:
+    """(frames [N, H, W, 3] uint8, times [N]) of chosen frames; (None, []) if any is missing."""
+    if not chosen or any(c is None for c in chosen):
+        return None, np.zeros(0, np.float64)
+    size = (chosen[0][1].width, chosen[0][1].height)
+    for c in chosen:
+        if c[2] is None:  # converted once, even when several targets share the frame
+            c[2] = _rgb(c[1], None if (c[1].width, c[1].height) == size else size)
+    return np.stack([c[2] for c in chosen]), np.array([c[0] for c in chosen], np.float64)
 
 
 def _rgb(frame, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 [H, W, 3] of a decoded frame (any pixel format), rotated for display."""
+    """RGB uint8 [H, W, 3] of a decoded frame (any pixel format; scaled to `size` if the resolution
+    changed mid-window), rotated for display."""
     kwargs = {"width": size[0], "height": size[1]} if size else {}
-    rgb = frame.to_ndarray(format="rgb24", **kwargs)
-    return _orient(rgb, _display_matrix(frame)) if size is None else rgb
+    return _orient(frame.to_ndarray(format="rgb24", **kwargs), _display_matrix(frame))
 
 
 def _display_matrix(frame) -> tuple[int, ...] | None:
@@ -544,9 +576,9 @@ def _boxes(f, begin: int, end: int) -> Iterator[tuple[bytes, int, int]]:
 class _AudioTrack:
     """Mono float32 samples at `rate`, placed by timestamp, kept only from the earliest needed time."""
 
-    def __init__(self, path, container, stream, rate: int, t_first: float):
-        self.path, self.rate = path, rate
-        self.chunks = _resampled(path, container, stream, rate, t_first)
+    def __init__(self, src: _Source, index: int, rate: int, t_first: float):
+        self.rate = rate
+        self.chunks = _resampled(src, index, rate, t_first)
         self.base = int(round(t_first * rate))  # sample index of buf[0]
         self.buf = np.zeros(0, np.float32)
         self.written: int | None = None  # sample index just after the last sample placed
@@ -574,14 +606,15 @@ class _AudioTrack:
         self.buf[i - self.base:stop - self.base] = samples
         self.written = stop if self.written is None else max(self.written, stop)
 
-    def window(self, start: float, seconds: float) -> np.ndarray:
+    def window(self, start: float, seconds: float) -> np.ndarray | None:
         a = int(round(start * self.rate))
         n = int(round(seconds * self.rate))
         self._fill(a + n)
-        out = np.zeros(n, np.float32)
         lo, hi = max(a, self.base), min(a + n, self.base + len(self.buf), self.written or self.base)
-        if hi > lo:
-            out[lo - a:hi - a] = self.buf[lo - self.base:hi - self.base]
+        if hi <= lo:
+            return None  # the track has no sample in this window (it ended, or the data is missing)
+        out = np.zeros(n, np.float32)
+        out[lo - a:hi - a] = self.buf[lo - self.base:hi - self.base]
         return out
 
     def drop_before(self, t: float) -> None:
@@ -595,7 +628,7 @@ class _AudioTrack:
         return self.done and (self.written is None or self.written <= int(round(t * self.rate)))
 
 
-def _resampled(path, container, stream, rate: int, t_first: float) -> Iterator[tuple[float | None, np.ndarray]]:
+def _resampled(src: _Source, index: int, rate: int, t_first: float) -> Iterator[tuple[float | None, np.ndarray]]:
     """(time, mono float32 samples at `rate`) chunks; any layout (5.1, 7.1, ...) is downmixed.
 
     Downmix = mean of the channels (what librosa.to_mono and torchaudio users do), after resampling
@@ -604,19 +637,20 @@ def _resampled(path, container, stream, rate: int, t_first: float) -> Iterator[t
     import av
 
     resampler, setup = None, None
-    for _, frame in _decoded(path, container, stream, t_first, margin=0.2):
+    for _, frame in _decoded(src, index, t_first, margin=0.2):
+        origin = _origin(src.container)
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
         if key != setup:
             if resampler is not None:
-                yield from _chunks(resampler.resample(None), _origin(container))
+                yield from _chunks(resampler.resample(None), origin)
             resampler, setup = av.AudioResampler(format="fltp", layout=None, rate=rate), key
         try:
             out = resampler.resample(frame)
         except (av.FFmpegError, ValueError) as exc:
-            raise MediaError(path, f"cannot convert audio of stream {stream.index} ({_why(exc)})") from None
-        yield from _chunks(out, _origin(container))
+            raise MediaError(src.path, f"cannot convert audio of stream {index} ({_why(exc)})") from None
+        yield from _chunks(out, origin)
     if resampler is not None:
-        yield from _chunks(resampler.resample(None), _origin(container))
+        yield from _chunks(resampler.resample(None), origin)
 
 
 def _chunks(frames, origin: float = 0.0) -> Iterator[tuple[float | None, np.ndarray]]:
