@@ -130,8 +130,27 @@ class LogitsTuple(nn.Module):
 
 def onnx_metadata(bundle: Bundle) -> dict[str, str]:
     return {"mmdeploy.format": FORMAT, "mmdeploy.format_version": str(FORMAT_VERSION),
+            "mmdeploy.weights_sha256": weights_sha256(bundle),
             "mmdeploy.spec": bundle.spec.to_json(), "mmdeploy.spec_digest": bundle.spec.digest(),
             "mmdeploy.classes": json.dumps(bundle.classes), "mmdeploy.arch": json.dumps(bundle.arch, sort_keys=True)}
+
+
+def weights_sha256(bundle: Bundle) -> str:
+    from mmdeploy.tensorrt_engine import file_sha256
+
+    return file_sha256(bundle.path / WEIGHTS)
+
+
+def onnx_is_current(bundle: Bundle, onnx_path: Path) -> bool:
+    """True when `onnx_path` was exported from exactly these weights, spec and classes."""
+    if not onnx_path.is_file():
+        return False
+    try:
+        props = read_onnx_metadata(onnx_path)[2]
+    except MmdeployError:
+        return False
+    want = onnx_metadata(bundle)
+    return all(props.get(k) == want[k] for k in ("mmdeploy.weights_sha256", "mmdeploy.spec", "mmdeploy.classes"))
 
 
 def example_inputs(spec: ClipSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +292,8 @@ def _fail_if_off(report: dict[str, Any], path: Path) -> None:
 
 def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt: bool = False,
            precision: str | None = None, bento: bool = False) -> dict[str, Any]:
-    """The whole `mmdeploy export` flow; returns a summary (paths, parity, engine, bento tag)."""
+    """The whole `mmdeploy export` flow; returns a summary (paths, parity, engine, bento tag).
+    `onnx=False` reuses RUN/export/model.onnx when it was exported from the current weights and spec."""
     target = target or load_target(f"trt-{precision or 'fp16'}" if trt else "onnx-cpu")
     if precision:
         target = dataclasses.replace(target, precision=precision)
@@ -290,7 +310,8 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
     bundle = load_bundle(run)
     out = bundle.export_dir
     onnx_path = out / ONNX_FILE
-    if onnx or not onnx_path.is_file():
+    exported = onnx or not onnx_is_current(bundle, onnx_path)
+    if exported:
         export_onnx(bundle, onnx_path)
     ort_providers = ("CPUExecutionProvider",) if target.backend != "onnxruntime" else target.providers
     from mmdeploy.runtime.ort_backend import usable_providers
@@ -298,7 +319,8 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
     reports = {"onnxruntime": check_parity(bundle, _ort_logits(onnx_path, usable_providers(ort_providers)),
                                            target.parity_batches, 1e-4 if target.backend != "onnxruntime"
                                            else target.tolerance, "onnxruntime")}
-    summary: dict[str, Any] = {"run": str(bundle.path), "target": target.name, "onnx": str(onnx_path)}
+    summary: dict[str, Any] = {"run": str(bundle.path), "target": target.name, "onnx": str(onnx_path),
+                               "onnx_exported": exported}
     if target.backend == "torch" and target.device == "cuda":
         reports["torch"] = _torch_cuda_parity(bundle, target)
     if trt:
@@ -321,12 +343,13 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
 
 def save_to_bentoml(bundle: Bundle, onnx_path: Path) -> str:
     """Copy the bundle (model.json, weights, export/model.onnx, parity.json) into the BentoML model store
-    as `av-classifier`; ref.path is itself a bundle folder, so the service loads it with load_predictor."""
+    as `av-classifier`; ref.path is itself a bundle folder, so the service loads it with load_predictor.
+    Metadata: classes (list), spec and arch (JSON strings: BentoML metadata takes no nulls), spec_digest."""
     import bentoml
 
     labels = {"format": FORMAT, "spec_digest": bundle.spec.digest(), "num_classes": str(len(bundle.classes))}
-    metadata = {"classes": list(bundle.classes), "spec": bundle.spec.to_dict(), "spec_digest": bundle.spec.digest(),
-                "arch": bundle.arch, "source_run": str(Path(bundle.path).resolve())}
+    metadata = {"classes": list(bundle.classes), "spec": bundle.spec.to_json(), "spec_digest": bundle.spec.digest(),
+                "arch": json.dumps(bundle.arch, sort_keys=True), "source_run": str(Path(bundle.path).resolve())}
     with bentoml.models.create(name=BENTO_MODEL, labels=labels, metadata=metadata) as ref:
         root = Path(ref.path)
         for name in (META, WEIGHTS):

@@ -14,7 +14,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     @app.command()
     def export(
         run: Path = typer.Argument(..., help="Bundle folder written by `mmdeploy train`."),
-        onnx: bool = typer.Option(False, "--onnx", help="Export RUN/export/model.onnx and check parity (default)."),
+        onnx: bool = typer.Option(False, "--onnx", help="(Re-)export RUN/export/model.onnx and check parity "
+                                  "(the default unless --trt/--bento reuse a current one)."),
         trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine (needs TensorRT + CUDA GPU)."),
         fp16: bool = typer.Option(False, "--fp16", help="TensorRT engine in fp16 (default for --trt)."),
         fp32: bool = typer.Option(False, "--fp32", help="TensorRT engine in fp32."),
@@ -30,12 +31,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from mmdeploy.export import export as run_export
         from mmdeploy.export import load_target
 
-        summary = run_export(run, target=load_target(target) if target else None, onnx=onnx or not trt, trt=trt,
+        summary = run_export(run, target=load_target(target) if target else None, onnx=onnx or not (trt or bento), trt=trt,
                              precision="fp16" if fp16 else "fp32" if fp32 else None, bento=bento)
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
             return
-        typer.echo(f"onnx     {summary['onnx']}  (target {summary['target']})")
+        typer.echo(f"onnx     {summary['onnx']}  ({'exported' if summary['onnx_exported'] else 'current, reused'}, "
+                   f"target {summary['target']})")
         for name, rep in summary["parity"].items():
             if "skipped" in rep:
                 typer.echo(f"parity   {name}: skipped ({rep['skipped']})")

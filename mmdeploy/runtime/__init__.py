@@ -106,6 +106,8 @@ def select_backend(run: str | Path, backend: str = "auto") -> tuple[str, dict[st
         if reason is None:
             return name, skipped
         skipped[name] = reason
+    if len(skipped) == 1:
+        raise BackendUnavailable(f"backend {backend}: {next(iter(skipped.values()))}")
     raise BackendUnavailable(f"backend {backend}: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
 

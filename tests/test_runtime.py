@@ -1,0 +1,171 @@
+"""Predictor backends, `auto` selection with faked availability, explicit unavailable backends, doctor."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mmdeploy.errors import BackendUnavailable
+from tests.test_export import _main, export_once
+
+CLASSES = ["alpha", "beta", "gamma", "delta"]
+GPU_BACKENDS = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "torch-cuda")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bundle, tmp_path_factory):
+    return export_once(tiny_bundle, tmp_path_factory)[0]
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Make the GPU backends unavailable whatever machine runs the tests."""
+    from mmdeploy import runtime
+
+    for name in GPU_BACKENDS:
+        monkeypatch.setitem(runtime.CHECKS, name, lambda name=name: f"{name} faked off")
+
+
+def inputs(spec, batch, seed=0):
+    from mmdeploy.export import example_inputs
+
+    return example_inputs(spec, batch, seed)
+
+
+def test_auto_on_cpu_picks_onnxruntime_and_says_why_not_the_others(run, cpu_only):
+    from mmdeploy.runtime import load_predictor
+
+    predictor = load_predictor(run)
+    assert predictor.backend == "onnxruntime-cpu" and predictor.classes == CLASSES
+    assert list(predictor.skipped) == ["tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"]
+    assert predictor.skipped["tensorrt"] == "tensorrt faked off"
+
+
+@pytest.mark.parametrize("usable, expected", [
+    (("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "onnxruntime-cpu", "torch-cpu"), "tensorrt"),
+    (("onnxruntime-cuda", "torch-cuda-fp16", "onnxruntime-cpu", "torch-cpu"), "onnxruntime-cuda"),
+    (("torch-cuda-fp16", "onnxruntime-cpu", "torch-cpu"), "torch-cuda-fp16"),
+    (("onnxruntime-cpu", "torch-cpu"), "onnxruntime-cpu"),
+    (("torch-cpu",), "torch-cpu"),
+])
+def test_auto_order_with_faked_availability(run, monkeypatch, usable, expected):
+    from mmdeploy import runtime
+
+    for name in runtime.BACKENDS:
+        monkeypatch.setitem(runtime.CHECKS, name, lambda name=name: None if name in usable else "faked off")
+    monkeypatch.setattr(runtime, "artifact_reason", lambda name, run: None)
+    chosen, skipped = runtime.select_backend(run)
+    assert chosen == expected
+    assert list(skipped) == list(runtime.AUTO_ORDER[:runtime.AUTO_ORDER.index(expected)])
+
+
+def test_auto_skips_onnxruntime_without_an_export(tiny_bundle, cpu_only, tmp_path):
+    from mmdeploy.runtime import load_predictor
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_bundle, bare, ignore=shutil.ignore_patterns("export"))
+    predictor = load_predictor(bare)
+    assert predictor.backend == "torch-cpu"
+    assert "model.onnx missing" in predictor.skipped["onnxruntime-cpu"]
+    assert "mmdeploy export" in predictor.skipped["onnxruntime-cpu"]
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("tensorrt", "tensorrt faked off"),
+    ("onnxruntime-cuda", "onnxruntime-cuda faked off"),
+    ("torch-cuda-fp16", "torch-cuda-fp16 faked off"),
+    ("tpu", "unknown"),
+])
+def test_explicit_unavailable_backend_raises_with_the_reason(run, cpu_only, backend, message):
+    from mmdeploy.runtime import load_predictor
+
+    with pytest.raises(BackendUnavailable, match=message):
+        load_predictor(run, backend)
+
+
+def test_explicit_onnxruntime_without_export_names_the_fix(tiny_bundle, cpu_only, tmp_path):
+    from mmdeploy.runtime import load_predictor
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_bundle, bare, ignore=shutil.ignore_patterns("export"))
+    with pytest.raises(BackendUnavailable, match=r"model.onnx missing; run `mmdeploy export"):
+        load_predictor(bare, "onnxruntime")
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnxruntime_and_torch_predict_the_same_probabilities(run, cpu_only, batch):
+    from mmdeploy.runtime import load_predictor
+
+    ort_p, torch_p = load_predictor(run, "onnxruntime"), load_predictor(run, "torch")
+    assert (ort_p.backend, torch_p.backend) == ("onnxruntime-cpu", "torch-cpu")
+    assert ort_p.spec == torch_p.spec and ort_p.classes == torch_p.classes == CLASSES
+    audio, video = inputs(ort_p.spec, batch, seed=batch)
+    a, b = ort_p.predict(audio, video), torch_p.predict(audio, video)
+    for key in ("fused", "audio", "video"):
+        assert a[key].shape == (batch, 4) and a[key].dtype == np.float32
+        np.testing.assert_allclose(a[key].sum(1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+
+
+def test_batches_over_max_batch_run_in_chunks(run, cpu_only):
+    from mmdeploy.runtime import load_predictor
+
+    predictor = load_predictor(run, "onnxruntime-cpu")
+    audio, video = inputs(predictor.spec, 5)
+    whole = predictor.logits(audio, video)
+    predictor.max_batch = 2
+    chunked = predictor.logits(audio, video)
+    for key in whole:
+        np.testing.assert_allclose(chunked[key], whole[key], atol=1e-6)
+
+
+def test_wrong_input_shape_is_named(run, cpu_only):
+    from mmdeploy.runtime import load_predictor
+
+    predictor = load_predictor(run, "torch-cpu")
+    audio, video = inputs(predictor.spec, 2)
+    with pytest.raises(ValueError, match=r"audio: expected \[B, 1, 32, 126\]"):
+        predictor.predict(audio[:, :, :16], video)
+    with pytest.raises(ValueError, match="same batch size"):
+        predictor.predict(audio, video[:1])
+
+
+def test_torch_cpu_refuses_fp16_and_graphs(tiny_spec):
+    import torch
+
+    from mmdeploy.models import build_model
+    from mmdeploy.runtime.torch_backend import TorchPredictor
+    from tests.conftest import TINY_ARCH
+
+    with pytest.raises(ValueError, match="need device='cuda'"):
+        TorchPredictor(build_model(TINY_ARCH, 4), CLASSES, tiny_spec, device="cpu", fp16=True)
+    assert not torch.cuda.is_available() or TorchPredictor(
+        build_model(TINY_ARCH, 4), CLASSES, tiny_spec, device="cuda", fp16=True, graph_batches=(1, 8)
+    ).backend == "torch-cuda-fp16-graphs"
+
+
+def test_ort_session_uses_all_cores(run):
+    from mmdeploy.runtime.ort_backend import OrtPredictor, cores
+
+    predictor = OrtPredictor(run / "export" / "model.onnx")
+    assert predictor.providers == ("CPUExecutionProvider",)
+    assert predictor.session.get_session_options().intra_op_num_threads == cores()
+
+
+def test_doctor_names_every_backend_and_why(monkeypatch, capsys):
+    from mmdeploy import runtime
+
+    monkeypatch.setitem(runtime.CHECKS, "tensorrt", lambda: "TensorRT is not installed; faked")
+    info = runtime.doctor()
+    assert {"torch", "onnxruntime", "tensorrt", "av", "bentoml"} <= set(info["versions"])
+    assert set(info["backends"]) == set(runtime.BACKENDS)
+    assert info["backends"]["tensorrt"] == {"usable": False, "reason": "TensorRT is not installed; faked"}
+    assert info["backends"]["torch-cpu"] == {"usable": True, "reason": None}
+    assert "CPUExecutionProvider" in info["onnxruntime_providers"]
+
+    code, out, _ = _main(monkeypatch, capsys, "doctor", "--json")
+    assert code == 0 and json.loads(out)["backends"]["tensorrt"]["usable"] is False
+    code, out, _ = _main(monkeypatch, capsys, "doctor")
+    assert code == 0 and "onnxruntime" in out and "tensorrt" in out and "faked" in out
