@@ -76,6 +76,8 @@ def tree(tmp_path_factory, media_dir) -> Path:
     shutil.copy(tpl / "av.flv", root / "VideoFlash" / "1014_ITS_DIS_XX.flv")
     with wave.open(str(root / "AudioWAV" / "1014_ITS_DIS_XX.wav"), "wb") as w:  # header, no samples
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    shutil.copy(tpl / "av.flv", root / "VideoFlash" / "1076_MTI_SAD_XX.flv")
+    shutil.copy(tpl / "a.wav", root / "AudioWAV" / "1076_MTI_SAD_XX.wav")
     (root / "VideoFlash" / "Thumbs.db").write_bytes(b"\0")
     shutil.rmtree(tpl)
     return root
@@ -112,6 +114,7 @@ def test_skip_report_names_each_fault(tree):
         "missing WAV": 1, "unexpected name": 1, "unreadable FLV": 1, "empty audio": 1}
     assert "git-lfs" in report.problems["unreadable FLV"][1][0]
     assert report.notes["not an .flv file, ignored"][1] == ["Thumbs.db"]
+    assert report.notes["known faulty file of the release, skipped"][1][0].startswith("1076_MTI_SAD_XX.flv")
     assert any(line.startswith("skipped 1 (missing WAV): AudioWAV/1011_DFA_ANG_HI.wav") for line in report.lines())
 
 
