@@ -81,15 +81,16 @@ class Settings:
         return int(self.max_upload_mb * (1 << 20))
 
 
-def model_path(settings: Settings) -> Path:
-    """The bundle folder to serve: MMDEPLOY_MODEL when set, else the store model `settings.tag`."""
+def model_path(settings: Settings, stored: Callable[[], str] | None = None) -> Path:
+    """The bundle folder to serve: MMDEPLOY_MODEL when set, else the store model `settings.tag`
+    (`stored` resolves it the service's way, through its BentoModel attribute, so a Bento finds its own)."""
     if settings.model:
         return Path(settings.model).resolve()
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        return Path(bentoml.models.get(settings.tag).path)
+        return Path(stored() if stored else bentoml.models.get(settings.tag).path)
     except NotFound:
         raise BundleError(f"model {settings.tag!r} is not in the BentoML model store "
                           f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `mmdeploy export RUN --bento` "

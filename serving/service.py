@@ -32,7 +32,7 @@ class AVModel:
     def __init__(self) -> None:
         from mmdeploy.runtime import load_predictor
 
-        self.predictor = load_predictor(core.model_path(SETTINGS), SETTINGS.backend)
+        self.predictor = load_predictor(core.model_path(SETTINGS, lambda: self.bento_model.path), SETTINGS.backend)
         spec = self.predictor.spec
         self.predictor.predict(np.zeros((2, 1, *spec.spectrogram_shape), np.float32),
                                np.zeros((2, *spec.frames_shape), np.float32))  # warm-up

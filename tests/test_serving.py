@@ -1,0 +1,272 @@
+"""The HTTP service, end to end: a real `mmdeploy serve` (BentoML) process on a free loopback port, real clips.
+
+One server per session (started in its own process group, stopped by signalling the group), serving a
+tiny random bundle exported to ONNX. Uploads come from ../shared/media; broken files are made in tmp.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+MAX_UPLOAD_MB = 2
+READY_DEADLINE_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(run: Path, tmp: Path, **env: str):
+    """`mmdeploy serve --model RUN` on a free 127.0.0.1 port; yields the base URL; stops its process group."""
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    environ = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+               "MMDEPLOY_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "OMP_NUM_THREADS": "1", **env}
+    environ.pop("MMDEPLOY_MODEL", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mmdeploy", "serve", "--model", str(run), "--host", "127.0.0.1",
+                                 "--port", str(port), "--backend", "onnxruntime"], env=environ, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {READY_DEADLINE_S} s:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def served_run(tiny_bundle, tmp_path_factory) -> Path:
+    """A private copy of the tiny bundle (other tests share tiny_bundle), exported to ONNX."""
+    from mmdeploy.export import export
+
+    run = tmp_path_factory.mktemp("served") / "run"
+    shutil.copytree(tiny_bundle, run)
+    export(run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def server(served_run, tmp_path_factory) -> str:
+    with running_server(served_run, tmp_path_factory.mktemp("server"), MMDEPLOY_DECODE_THREADS="8") as url:
+        yield url
+
+
+def post(url: str, path: Path | None = None, name: str | None = None, data: bytes | None = None,
+         field: str = "video", endpoint: str = "/classify", **form: str) -> httpx.Response:
+    content = data if data is not None else path.read_bytes()
+    return httpx.post(url + endpoint, files={field: (name or path.name, content)}, data=form or None, timeout=120)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the Prometheus samples `name{...labels...}`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ---- results --------------------------------------------------------------------------------
+def test_classify_returns_the_result_json(server, media_dir, served_run):
+    from mmdeploy.bundle import read_meta
+
+    r = post(server, media_dir / "cremad_1001_DFA_ANG_XX.flv")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    classes = read_meta(served_run)["classes"]
+    assert body["file"] == "cremad_1001_DFA_ANG_XX.flv"
+    assert body["label"] in classes and body["label"] == max(body["probs"], key=body["probs"].get)
+    assert sum(body["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["modalities"] == ["audio", "video"]
+    for m in ("audio", "video"):
+        opinion = body["per_modality"][m]
+        assert opinion["label"] in classes and 0 < opinion["score"] <= 1
+        assert opinion["agrees"] == (opinion["label"] == body["label"])
+    assert body["backend"] == "onnxruntime-cpu"
+    assert set(body["timings_ms"]) == {"decode", "features", "infer"}
+
+
+@pytest.mark.parametrize("clip, used", [("screencast_vp8_noaudio.webm", ["video"]),
+                                        ("espeak_en_speech.wav", ["audio"])])
+def test_one_modality_files_use_that_head(server, media_dir, clip, used):
+    r = post(server, media_dir / clip)
+    assert r.status_code == 200, r.text
+    assert r.json()["modalities"] == used and list(r.json()["per_modality"]) == used
+
+
+def test_service_tensors_equal_training_tensors(server, media_dir, served_run, tmp_path):
+    """What the service feeds the model (classify.file_job -> pack -> unpack) is bit-identical to what
+    training reads (FeatureCache / AVDataset), and the HTTP answer equals the model on training tensors."""
+    import torch
+
+    from mmdeploy.bundle import load_bundle
+    from mmdeploy.classify import file_job
+    from mmdeploy.data.dataset import AVDataset
+    from mmdeploy.data.manifest import Item, Manifest
+    from mmdeploy.runtime import load_predictor
+    from mmdeploy.serving_core import pack, unpack
+
+    spec = load_bundle(served_run, with_model=False).spec
+    clips = ["cremad_1001_DFA_ANG_XX.flv", "iphone_rot180_audiofirst.mov"]
+    items = [Item(path=str(media_dir / c), label="alpha", split="test") for c in clips]
+    dataset = AVDataset(Manifest(tmp_path / "m.csv", items, ["alpha", "beta", "gamma", "delta"]), "test", spec,
+                        tmp_path / "cache")
+    predictor = load_predictor(served_run, "onnxruntime")
+    for i, clip in enumerate(clips):
+        job = file_job(str(media_dir / clip), spec)
+        audio, video = unpack(pack(job["audio"][None], job["video"][None]), spec)
+        trained = dataset[i]
+        assert torch.equal(torch.from_numpy(audio[0]), trained["audio"])
+        assert torch.equal(torch.from_numpy(video[0]), trained["video"])
+        expected = predictor.predict(trained["audio"][None].numpy(), trained["video"][None].numpy())["fused"][0]
+        served = post(server, media_dir / clip).json()["probs"]
+        np.testing.assert_allclose([served[c] for c in predictor.classes], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_timeline_streams_ndjson(server, media_dir):
+    path = media_dir / "bbb_vp8_vorbis_30s.webm"
+    lines = []
+    with httpx.stream("POST", server + "/timeline", files={"video": (path.name, path.read_bytes())},
+                      data={"window": "5", "hop": "5"}, timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    windows, final = lines[:-1], lines[-1]
+    assert [(w["start"], w["end"]) for w in windows] == [(5.0 * i, 5.0 * i + 5) for i in range(6)]
+    assert all(w["file"] == path.name and w["label"] in w["probs"] for w in windows)
+    assert final["windows"] == [{k: w[k] for k in ("start", "end", "label", "score")} for w in windows]
+    assert final["label"] in final["probs"] and final["modalities"] == ["audio", "video"]
+
+
+# ---- bad input: 4xx with {"error"}, never a 500, and the service keeps serving ----------------
+def truncated(src: Path, dest: Path, fraction: float = 0.6) -> Path:
+    data = src.read_bytes()
+    dest.write_bytes(data[: int(len(data) * fraction)])
+    return dest
+
+
+def test_bad_uploads_get_4xx_json(server, media_dir, tmp_path):
+    cases = {
+        "empty.mp4": b"",
+        "notes.mp4": b"this is a text file, not a video\n" * 20,
+        "garbage.webm": np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes(),
+        # index (moov) at the end: cut at 60 % leaves no index
+        "bbb_cut.mp4": truncated(media_dir / "bbb_h264_aac51.mp4", tmp_path / "bbb_cut.mp4").read_bytes(),
+    }
+    for name, data in cases.items():
+        r = post(server, name=name, data=data)
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        assert r.json()["error"].startswith(name), r.text
+        r = post(server, name=name, data=data, endpoint="/timeline")
+        assert 400 <= r.status_code < 500 and "error" in r.json(), (name, r.status_code, r.text)
+
+
+def test_truncated_faststart_file_is_answered_not_a_500(server, media_dir, tmp_path):
+    # index at the start: the first window is still there, so a result (or a 4xx) are both fine
+    cut = truncated(media_dir / "phone_vfr_h264_aac_mono.mp4", tmp_path / "phone_cut.mp4")
+    r = post(server, cut)
+    assert r.status_code == 200 or (400 <= r.status_code < 500 and "error" in r.json()), r.text
+
+
+def test_malformed_requests_get_4xx_json(server, media_dir):
+    clip = media_dir / "grid_s1_bbaf2n.mpg"
+    assert post(server, clip, field="file").status_code == 400  # wrong field name
+    r = httpx.post(server + "/classify", files={"video": (None, "http://127.0.0.1:1/x.mp4")}, timeout=30)
+    assert r.status_code == 400 and "error" in r.json()  # a string field, not a file: never fetched as a URL
+    r = httpx.post(server + "/classify", json={"video": "x"}, timeout=30)
+    assert r.status_code == 415 and "multipart" in r.json()["error"]
+    r = httpx.post(server + "/classify", content=b"--x\r\nbroken", timeout=30,
+                   headers={"content-type": "multipart/form-data; boundary=y"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = post(server, media_dir / "bbb_vp8_vorbis_30s.webm", endpoint="/timeline", hop="0.001")
+    assert r.status_code == 400 and "hop" in r.json()["error"]
+    assert post(server, clip).status_code == 200  # still serving
+
+
+def test_oversize_upload_is_413_early(server):
+    too_big = MAX_UPLOAD_MB * (1 << 20) + 1
+    r = post(server, name="big.mp4", data=b"\0" * too_big)  # Content-Length says so: refused unread
+    assert r.status_code == 413 and "MMDEPLOY_MAX_UPLOAD_MB" in r.json()["error"]
+
+    def chunks():  # no Content-Length (chunked): counted while streaming
+        yield b'--b\r\nContent-Disposition: form-data; name="video"; filename="big.mp4"\r\n\r\n'
+        for _ in range(4 * MAX_UPLOAD_MB):
+            yield b"\0" * (1 << 19)
+        yield b"\r\n--b--\r\n"
+
+    r = httpx.post(server + "/classify", content=chunks(), timeout=60,
+                   headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "error" in r.json()
+
+
+# ---- health, metrics, batching -------------------------------------------------------------------
+def test_health_and_metrics(server):
+    assert httpx.get(server + "/livez").status_code == 200
+    assert httpx.get(server + "/readyz").status_code == 200
+    text = httpx.get(server + "/metrics").text
+    assert metric(text, "bentoml_service_request_total", endpoint="/classify", http_response_code="200") >= 1
+    assert "bentoml_service_request_duration_seconds_bucket" in text
+
+
+def test_concurrent_requests_share_model_calls(server, media_dir):
+    clip = media_dir / "tears_of_steel_vp8_vorbis_mono.webm"
+    data = clip.read_bytes()
+
+    def batch_sizes() -> tuple[float, float]:
+        text = httpx.get(server + "/metrics").text
+        name = "bentoml_service_adaptive_batch_size"
+        return metric(text, name + "_count", method_name="predict"), metric(text, name + "_sum", method_name="predict")
+
+    count0, sum0 = batch_sizes()
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: post(server, name=clip.name, data=data).status_code, range(16)))
+    count1, sum1 = batch_sizes()
+    assert codes == [200] * 16
+    assert sum1 - sum0 == 16  # every request's window went through the batchable API
+    assert count1 - count0 < 16, "16 concurrent requests never shared a model call"
+
+
+def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    env.pop("MMDEPLOY_MODEL", None)
+    for args in (["--model", str(tmp_path / "missing")], []):
+        r = subprocess.run([sys.executable, "-m", "mmdeploy", "serve", *args], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2
+        assert re.fullmatch(r"error: .*(no such bundle|mmdeploy export RUN --bento).*\n", r.stderr), r.stderr
