@@ -37,6 +37,10 @@ SOUNDS = ("hum", "whistle", "rise", "fall", "beep", "warble", "trill", "chirps",
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "bar", "moon")
 AUDIO_SNR_DB = (-6.0, 6.0)
 VIDEO_NOISE = (0.05, 0.15)
+CLUTTER_LINES = (3, 7)
+CLUTTER_DOTS = (4, 10)
+SHAPE_RADIUS = (7.0, 12.0)
+DARK, BRIGHT = 0.55, 0.75  # background and clutter colours stay below DARK, the shape above BRIGHT
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 
 
@@ -153,21 +157,19 @@ def _segment_mask(yy: np.ndarray, xx: np.ndarray, p: np.ndarray, q: np.ndarray, 
 def render_video(shape: str, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 [frames, size, size, 3]: the shape drifting over a gradient, clutter lines, dots, noise."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    c0, c1 = rng.uniform(0, DARK, 3), rng.uniform(0, DARK, 3)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = ((xx * np.cos(angle) + yy * np.sin(angle)) / size + 1) / 2
     background = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
     lines = []
-    for _ in range(rng.integers(3, 7)):
+    for _ in range(rng.integers(*CLUTTER_LINES)):
         p, q = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
-        lines.append((_segment_mask(yy, xx, p, q, rng.uniform(1, 2.5)), rng.uniform(0, 1, 3)))
-    colour = rng.uniform(0, 1, 3)
-    while np.abs(colour - background.mean(axis=(0, 1))).max() < 0.35:
-        colour = rng.uniform(0, 1, 3)
-    radius = rng.uniform(7, 12) * size / 64
+        lines.append((_segment_mask(yy, xx, p, q, rng.uniform(1, 2.5)), rng.uniform(0, DARK, 3)))
+    colour = rng.uniform(BRIGHT, 1, 3)
+    radius = rng.uniform(*SHAPE_RADIUS) * size / 64
     margin = radius + 1
     start, end = rng.uniform(margin, size - margin, 2), rng.uniform(margin, size - margin, 2)
-    dots = rng.uniform(0, size, (rng.integers(4, 10), 2))
+    dots = rng.uniform(0, size, (rng.integers(*CLUTTER_DOTS), 2))
     drift = rng.normal(0, 1.5, dots.shape)
     noise = rng.uniform(*VIDEO_NOISE)
     video = np.empty((frames, size, size, 3), np.uint8)
