@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mmdeploy.data.indexing import sidecar_path, write_index
+from mmdeploy.data.indexing import Probed, probe_all, sidecar_path, write_index
 from mmdeploy.data.manifest import read_manifest
 from mmdeploy.data.ucf101 import index_ucf101
 from mmdeploy.errors import MmdeployError
@@ -126,3 +127,18 @@ def test_strict_and_layout_errors(index, tree, tmp_path):
         index_ucf101(tree, split=2)
     with pytest.raises(MmdeployError, match="classInd.txt not found"):
         index_ucf101(tmp_path)
+
+
+def crashing_probe(path: str) -> Probed:
+    """Stands in for FFmpeg dying on a broken file: the worker process exits at once."""
+    if path.endswith("crash.avi"):
+        os._exit(1)
+    return Probed(duration=5.0, audio=True, video=True)
+
+
+def test_a_crashing_probe_costs_one_file_not_the_index():
+    paths = [f"clip{n:03d}.avi" for n in range(60)] + ["crash.avi"] + [f"late{n:03d}.avi" for n in range(20)]
+    results = probe_all(paths, workers=2, probe=crashing_probe)
+    assert set(results) == set(paths)
+    assert "crashed" in results["crash.avi"].error
+    assert all(r.error is None and r.audio for p, r in results.items() if p != "crash.avi")

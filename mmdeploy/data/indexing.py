@@ -12,9 +12,10 @@ import json
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from mmdeploy.data.manifest import Item, write_manifest
 from mmdeploy.errors import ConfigError, MmdeployError
@@ -146,15 +147,43 @@ def _wav_header(path: str) -> Probed | None:
     return Probed(duration=frames / rate if rate else None, audio=rate > 0)
 
 
-def probe_all(paths: Iterable[str | Path], workers: int | None = None) -> dict[str, Probed]:
-    """Probe many files, in a process pool when there are enough of them."""
+def probe_all(paths: Iterable[str | Path], workers: int | None = None,
+              probe: Callable[[str], Probed] = probe_file) -> dict[str, Probed]:
+    """Probe many files, in a process pool when there are enough of them.
+
+    A file that kills its worker process (a crash inside FFmpeg) is found by bisection and reported
+    as unreadable; every other file is still probed.
+    """
     paths = [str(p) for p in paths]
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(paths) < POOL_MIN_FILES:
-        return {p: probe_file(p) for p in paths}
+        return {p: probe(p) for p in paths}
+    return _pooled(paths, workers, probe)
+
+
+def _pooled(paths: list[str], workers: int, probe: Callable[[str], Probed]) -> dict[str, Probed]:
     chunk = max(1, min(64, len(paths) // (workers * 8)))
+    out: dict[str, Probed] = {}
+    lost: list[str] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(probe_file, paths, chunksize=chunk)))
+        batches = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+        futures = [(batch, pool.submit(_probe_batch, probe, batch)) for batch in batches]
+        for batch, future in futures:
+            try:
+                out.update(zip(batch, future.result()))
+            except BrokenProcessPool:
+                lost.extend(batch)
+    if len(lost) == 1:
+        out[lost[0]] = Probed(error="probing crashed its process (a fault inside FFmpeg)")
+    elif lost:
+        half = len(lost) // 2
+        out.update(_pooled(lost[:half], workers, probe))
+        out.update(_pooled(lost[half:], workers, probe))
+    return out
+
+
+def _probe_batch(probe: Callable[[str], Probed], batch: list[str]) -> list[Probed]:
+    return [probe(p) for p in batch]
 
 
 # ---- splits -------------------------------------------------------------------------------------
