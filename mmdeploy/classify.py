@@ -10,7 +10,7 @@ A bad file gives {"file": ..., "error": reason} instead; callers print it and ca
 
 Without a window, a file is classified from its first `spec.window_seconds` (the window training uses:
 `features.file_features(path, spec)`). Many files: decoding and features run in worker processes
-(spawn-safe top-level jobs, each computing features with the bundle's spec); inference runs in batches
+(forkserver-safe top-level jobs, each computing features with the bundle's spec); inference runs in batches
 here; results come out in completion order. Timeline: `media.iter_windows` streams consecutive windows
 in a thread, features are computed as they arrive, and windows are classified in batches; memory is
 bounded by a small queue, whatever the file length. The timeline yields one dict per window
@@ -107,6 +107,16 @@ def _guard(path: str, decode):
         raise MediaError(path, f"cannot decode ({exc})") from None
 
 
+def _context():
+    """forkserver with torch, PyAV and the feature code preloaded: each worker forks from a process that
+    imported them once (spawn would import torch per worker; fork is unsafe after torch threads start)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mmdeploy.classify", "mmdeploy.features", "mmdeploy.media", "av"])
+    return ctx
+
+
 def _worker_init() -> None:
     import torch
 
@@ -182,12 +192,9 @@ def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | 
             job = file_job(str(path), predictor.spec)
             yield job if "error" in job else _finish([job], predictor, top_k)[0]
         return
-    import multiprocessing
-
     todo = [str(p) for p in paths]
     todo.reverse()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init) as pool:
         pending = set()
         while todo or pending:
             while todo and len(pending) < 2 * workers:  # bounded: results wait here, not in memory
