@@ -122,12 +122,14 @@ def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, e
             raise MediaError(path, f"window start {start:g}s is at or past the end of the file ({duration:.2f}s)")
         seconds = _window_length(spec, start, end, duration)
         clip = Clip(str(path), start, seconds)
+        # audio first: near time 0 it then reads the fresh file, as audio decoders (AAC, MP3) give their
+        # exact first samples only from the start; video seeks to a keyframe, which is exact anywhere
+        if audio is not None:
+            clip.audio = _AudioTrack(src, audio, spec.sample_rate, start).window(start, seconds)
         if video is not None:
             targets = _frame_targets(spec, start, seconds)
             track = _FrameTrack(src, video, targets[0])
             clip.frames, clip.frame_times = _stack([track.at(t) for t in targets])
-        if audio is not None:
-            clip.audio = _AudioTrack(src, audio, spec.sample_rate, start).window(start, seconds)
     if audio_path is not None:
         with _Source(audio_path) as src:
             audio = _index(_pick(src.container, "audio"))
@@ -351,35 +353,50 @@ def _exhausted(track, t: float) -> bool:
 def _decoded(src: _Source, index: int, t_from: float, margin: float) -> Iterator[tuple[float | None, Any]]:
     """Yield (time, frame) of stream `index` starting at or before `t_from` (seeking there first).
 
-    If the seek lands after `t_from` (inexact index), seek earlier, ending at the start of the file.
+    If a seek lands after `t_from` (inexact index), try earlier, then the start of the stream, then
+    reopening the file (MPEG-TS cannot always seek back to its first keyframe).
     """
-    for target in (t_from - margin, t_from - 5.0, None):
-        if target is not None and (target <= 0 or not _seek(src, index, target)):
-            continue
-        if target is None:
+    for attempt in [t for t in (t_from - margin, t_from - 5.0) if t > 0] + ["start", "reopen"]:
+        if attempt == "reopen":
             src.rewind()
+        elif attempt == "start":
+            if not src.fresh and not _seek(src, index, None):
+                continue
+        elif not _seek(src, index, attempt):
+            continue
+        final = attempt == "reopen" or (attempt == "start" and src.fresh)  # nothing earlier to try
         src.fresh = False
         stream, origin = src.container.streams[index], _origin(src.container)
+        first_time = _stream_start(stream, origin) if attempt == "start" else None
         frames = _decode_all(src.path, src.container, stream, origin)
         first = next(frames, None)
         if first is None:
-            if target is None:
+            if final:
                 return
             continue
-        if target is None or first[0] is None or first[0] <= t_from + 1e-3:
+        limit = max(t_from, first_time or 0.0) + 1e-3
+        if final or first[0] is None or first[0] <= limit:
             yield first
             yield from frames
             return
 
 
-def _seek(src: _Source, index: int, t: float) -> bool:
-    """Seek stream `index` to the keyframe at or before time t; False if the demuxer cannot."""
+def _stream_start(stream, origin: float) -> float | None:
+    return None if stream.start_time is None else float(stream.start_time * stream.time_base) - origin
+
+
+def _seek(src: _Source, index: int, t: float | None) -> bool:
+    """Seek stream `index` to the keyframe at or before time t (None: its first packet); False if the
+    demuxer cannot."""
     import av
 
     stream = src.container.streams[index]
+    if t is None:
+        offset = stream.start_time or 0
+    else:
+        offset = int(math.floor((_origin(src.container) + t) / stream.time_base))
     try:
-        src.container.seek(int(math.floor((_origin(src.container) + t) / stream.time_base)), backward=True,
-                           stream=stream)
+        src.container.seek(int(offset), backward=True, stream=stream)
         return True
     except (av.FFmpegError, OSError, OverflowError):
         return False
