@@ -28,7 +28,7 @@ class _Section(BaseModel):
 class Synth(_Section):
     clips: int = Field(240, gt=0)
     seed: int = 0
-    classes: int | list[str] | None = None
+    classes: int = Field(8, ge=2)
 
 
 class Data(_Section):
@@ -107,8 +107,11 @@ class Recipe(_Section):
     train: Train
 
     @model_validator(mode="after")
-    def _spec_is_valid(self) -> "Recipe":
+    def _check(self) -> "Recipe":
         self.data.clip_spec()  # raises ConfigError naming data.spec.<key>
+        if self.data.synth is not None and Path(self.data.manifest).name != "manifest.csv":
+            raise ConfigError(f"data.manifest: {self.data.manifest} must be named manifest.csv when data.synth "
+                              "is set (the generator writes DIR/manifest.csv)")
         return self
 
 
@@ -212,8 +215,7 @@ def _describe(exc: ValidationError) -> str:
     return f"{key}: {msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
 
 
-_UNIONS = {"data.spec": "a preset name (synth, cremad, ave, ucf101) or a mapping {preset: NAME, <spec keys>}",
-           "data.synth.classes": "a number of classes or a list of class names"}
+_UNIONS = {"data.spec": "a preset name (synth, cremad, ave, ucf101) or a mapping {preset: NAME, <spec keys>}"}
 
 
 def _allowed(dotted: str) -> list[str]:

@@ -1,0 +1,53 @@
+"""Training plots (matplotlib, Agg): validation accuracy per head, balancing coefficients per step."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(7, 4), dpi=100)
+
+
+def plot_accuracy(epochs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Fused and per-modality validation accuracy over epochs (rows of metrics.jsonl)."""
+    plt, fig, ax = _figure()
+    x = [row["epoch"] for row in epochs]
+    ax.plot(x, [100 * row["val"]["fused_acc"] for row in epochs], "k-o", label="fused", linewidth=2)
+    for modality, style in (("audio", "C0-s"), ("video", "C1-^")):
+        ax.plot(x, [100 * row["val"]["per_modality_acc"][modality] for row in epochs], style, label=modality)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Accuracy per head")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(plt, fig, path)
+
+
+def plot_coefficients(steps: list[dict[str, Any]], path: str | Path) -> Path:
+    """Every logged coefficient k_* over training steps (rows of steps.jsonl); 1 = no modulation."""
+    plt, fig, ax = _figure()
+    keys = sorted({k for row in steps for k in row if k.startswith("k_")})
+    for key in keys:
+        pts = [(row["step"], row[key]) for row in steps if key in row]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, linewidth=1)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    if not keys:
+        ax.text(0.5, 0.5, "this method logs no coefficients", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="step", ylabel="gradient coefficient k", title="Balancing coefficients")
+    ax.grid(alpha=0.3)
+    if keys:
+        ax.legend()
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
