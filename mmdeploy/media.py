@@ -375,7 +375,7 @@ def _decoded(src: _Source, index: int, t_from: float, margin: float) -> Iterator
                 return
             continue
         limit = max(t_from, first_time or 0.0) + 1e-3
-        if final or first[0] is None or first[0] <= limit:
+        if final or (first[0] is not None and first[0] <= limit):  # no timestamps: only the start is known
             yield first
             yield from frames
             return
@@ -406,12 +406,12 @@ def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float 
     """Decode from the current position; stop work that does not move forward in time."""
     import av
 
-    count, bad, earliest, latest = 0, 0, None, None
+    count, bad, decoded, earliest, latest = 0, 0, 0, None, None
     try:
         for packet in container.demux(stream):
             count += 1
             progress = 0.0 if earliest is None else latest - earliest
-            if count > _PACKET_ALLOWANCE + _PACKETS_PER_SECOND * progress:
+            if count > _PACKET_ALLOWANCE + _PACKETS_PER_SECOND * progress + 4 * decoded:
                 raise MediaError(path, f"gave up after {count} packets of stream {stream.index} without "
                                        "reaching the window (timestamps do not advance; damaged file?)")
             try:
@@ -421,6 +421,7 @@ def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float 
                 if bad > _MAX_BAD_PACKETS:
                     raise MediaError(path, f"too many corrupt packets in stream {stream.index} ({_why(exc)})") from None
                 continue
+            decoded += len(frames)
             for frame in frames:
                 t = None if frame.time is None else float(frame.time) - origin
                 if t is not None:
@@ -452,8 +453,9 @@ class _FrameTrack:
             self.done = True
             return None
         t, frame = item
-        if t is None:  # no timestamp: one frame period after the previous frame
-            t = 0.0 if self.last_time is None else self.last_time + 1.0 / self.fps
+        if t is None:  # no timestamp (raw streams): one frame duration after the previous frame
+            step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1 / self.fps
+            t = 0.0 if self.last_time is None else self.last_time + step
         if self.last_time is not None:
             t = max(t, self.last_time)  # keep display order monotonic
         self.last_time = t

@@ -275,12 +275,22 @@ def test_audio_only_formats(tmp_path, fmt, acodec, layout):
 
 
 @pytest.mark.parametrize("vcodec,pix_fmt,ext", [("libx264", "yuv420p10le", "mp4"), ("libvpx-vp9", "yuv444p", "webm"),
-                                                ("mpeg4", "yuv420p", "avi"), ("ffv1", "bgr0", "mkv")])
+                                                ("mpeg4", "yuv420p", "avi"), ("ffv1", "bgr0", "mkv"),
+                                                ("mjpeg", "yuvj422p", "avi"), ("prores", "yuv422p10le", "mov")])
 def test_odd_pixel_formats(tmp_path, vcodec, pix_fmt, ext):
     path = write_clip(tmp_path / f"v.{ext}", seconds=2.0, size=(66, 34), audio=False, vcodec=vcodec, pix_fmt=pix_fmt)
     clip = decode_window(path, SPEC, start=0.5)
     assert clip.frames.shape == (4, 34, 66, 3)
     assert near(mean_colour(clip.frames[0]), PALETTE[0]) and near(mean_colour(clip.frames[-1]), PALETTE[1])
+
+
+def test_raw_stream_without_timestamps(tmp_path):
+    """An H.264 elementary stream has no container timestamps: times come from frame durations."""
+    path = write_clip(tmp_path / "raw.h264", seconds=3.0, audio=False)
+    assert probe(path).duration is None
+    clip = decode_window(path, SPEC, start=1.0)
+    np.testing.assert_allclose(clip.frame_times, [1.2, 1.7, 2.2, 2.7], atol=1e-6)
+    assert [near(mean_colour(f), c) for f, c in zip(clip.frames, [PALETTE[1]] * 2 + [PALETTE[2]] * 2)] == [True] * 4
 
 
 def test_streams_that_start_late(tmp_path):
