@@ -111,17 +111,19 @@ def select_backend(run: str | Path, backend: str = "auto") -> tuple[str, dict[st
     raise BackendUnavailable(f"backend {backend}: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
 
-def load_predictor(run: str | Path, backend: str = "auto", graph_batches: tuple[int, ...] = ()) -> Predictor:
+def load_predictor(run: str | Path, backend: str = "auto", graph_batches: tuple[int, ...] = (),
+                   threads: int | None = None) -> Predictor:
     """A Predictor for the bundle at `run` on `backend` (auto | onnxruntime | torch | one of BACKENDS).
-    `graph_batches` (torch CUDA only): batch sizes to capture as CUDA graphs."""
+    `graph_batches` (torch CUDA only): batch sizes to capture as CUDA graphs; `threads` (ONNX Runtime
+    only): intra-op threads, default = cores."""
     run = Path(run)
     name, skipped = select_backend(run, backend)
-    predictor = _build(name, run, graph_batches)
+    predictor = _build(name, run, graph_batches, threads)
     predictor.skipped = skipped
     return predictor
 
 
-def _build(name: str, run: Path, graph_batches: tuple[int, ...]) -> Predictor:
+def _build(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
     from mmdeploy.bundle import load_bundle
 
     if name.startswith("onnxruntime"):
@@ -129,7 +131,7 @@ def _build(name: str, run: Path, graph_batches: tuple[int, ...]) -> Predictor:
         from mmdeploy.runtime.ort_backend import OrtPredictor
 
         read_meta(run)  # a clear BundleError for a folder that is not a bundle
-        return OrtPredictor(run / "export" / ONNX_FILE, name)
+        return OrtPredictor(run / "export" / ONNX_FILE, name, threads)
     bundle = load_bundle(run, with_model=name.startswith("torch"))
     if name == "tensorrt":
         from mmdeploy.runtime.trt_backend import TensorRTPredictor
