@@ -36,6 +36,7 @@ from mmdeploy.spec import ClipSpec
 OPEN_TIMEOUT = (10.0, 10.0)  # seconds: av.open's (open, read) timeouts
 _PACKETS_PER_SECOND = 1000   # no real stream needs more packets per second of media
 _PACKET_ALLOWANCE = 5000     # packets a pass may read before its time must advance
+_SCAN_PACKETS = 200_000      # packets read to find the end of a file that states no duration
 _MAX_BAD_PACKETS = 50        # corrupt packets skipped per pass before giving up
 _HOLD_LAST = 1.0             # s: after a stream's last frame, that frame stays on screen this long
 _SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguous" are treated as contiguous
@@ -177,8 +178,9 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
             if frames is not None:
                 # later windows overlap this one: pick their earlier targets now, before the track moves on
                 last = max(targets(k))
-                due = [(t, (j, i)) for j in range(k, k + int(last // hop) + 2) for i, t in enumerate(targets(j))
-                       if t <= last and (j, i) not in picked]
+                later = range(k, int(last // hop) + 1)  # windows starting before this one's last target
+                due = [(t, (j, i)) for j in later if duration is None or j * hop < duration
+                       for i, t in enumerate(targets(j)) if t <= last and (j, i) not in picked]
                 for t, key in sorted(due):
                     picked[key] = frames.at(t)
                 clip.frames, clip.frame_times = _stack([picked.pop((k, i)) for i in range(spec.frames)])
@@ -303,32 +305,24 @@ def _duration(src: _Source) -> float | None:
 
 
 def _scan_end(container, origin: float) -> float | None:
-    """End time found by seeking near the end and reading packet timestamps (no decoding)."""
+    """End time from packet timestamps (no decoding): from a seek near the end, else from the start;
+    at most `_SCAN_PACKETS` packets."""
     import av
 
     streams = [s for s in container.streams if s.type in ("audio", "video")]
-    end = None
-    try:
-        container.seek(1 << 62, backward=True)
-    except (av.FFmpegError, OSError):
-        pass  # not seekable that far: read from where we are
-    try:
-        for packet in container.demux(streams):
-            if packet.pts is not None and packet.time_base is not None:
-                t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
-                end = t if end is None else max(end, t)
-    except (av.FFmpegError, OSError):
-        pass  # a damaged tail: keep what was read
-    if end is None and container.streams:  # the tail seek found nothing: scan from the start
+    for offset in (1 << 62, 0):
+        end = None
         try:
-            container.seek(0, backward=True)
-            for packet in container.demux(streams):
+            container.seek(offset, backward=True)
+            for _, packet in zip(range(_SCAN_PACKETS), container.demux(streams)):
                 if packet.pts is not None and packet.time_base is not None:
                     t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
                     end = t if end is None else max(end, t)
         except (av.FFmpegError, OSError):
-            pass
-    return end
+            pass  # not seekable, or a damaged tail: keep what was read
+        if end is not None:
+            return end
+    return None
 
 
 def _window_length(spec: ClipSpec, start: float, end: float | None, duration: float | None) -> float:

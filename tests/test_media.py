@@ -24,7 +24,8 @@ TONES = [440.0, 1000.0, 2000.0, 3000.0]                          # tone of secon
 def write_clip(path: Path, seconds: float = 4.0, fps: int = 10, size: tuple[int, int] = (64, 48),
                rate: int = 16000, video: bool = True, audio: bool = True, layout: str = "mono",
                rotation: int | None = None, options: dict | None = None, vcodec: str = "libx264",
-               acodec: str = "aac", pix_fmt: str = "yuv420p", marker: bool = False) -> Path:
+               acodec: str = "aac", pix_fmt: str = "yuv420p", marker: bool = False,
+               flip: str | None = None) -> Path:
     """An H.264/AAC (by default) clip: second k shows PALETTE[k % 4] and plays a TONES[k % 4] sine.
 
     marker=True paints a white block in the stored frame's top-left quarter (to check rotation).
@@ -37,7 +38,7 @@ def write_clip(path: Path, seconds: float = 4.0, fps: int = 10, size: tuple[int,
             vs.width, vs.height, vs.pix_fmt = size[0], size[1], pix_fmt
             vs.time_base = Fraction(1, fps)
             if rotation is not None:
-                vs.set_display_rotation(rotation)
+                vs.set_display_rotation(rotation, hflip=flip == "hflip", vflip=flip == "vflip")
         if audio:
             aus = out.add_stream(acodec, rate=rate, layout=layout)
         frame_size = 1024
@@ -176,12 +177,16 @@ def test_rotation_metadata_is_applied(media_dir):
     np.testing.assert_array_equal(zero.frames[0], raw[::-1, ::-1])
 
 
-@pytest.mark.parametrize("rotation,expect", [(90, "bottom-left"), (-90, "top-right"), (180, "bottom-right")])
-def test_generated_rotation(tmp_path, rotation, expect):
-    """Display rotation is counter-clockwise: the stored top-left marker moves where a viewer sees it."""
+@pytest.mark.parametrize("rotation,flip,expect", [(90, None, "bottom-left"), (-90, None, "top-right"),
+                                                  (180, None, "bottom-right"), (0, "hflip", "top-right"),
+                                                  (0, "vflip", "bottom-left"), (90, "hflip", "bottom-right")])
+def test_generated_rotation(tmp_path, rotation, flip, expect):
+    """Display rotation is counter-clockwise (then the mirror): the stored top-left marker moves where a
+    viewer sees it, as ffmpeg's autorotate shows it."""
     path = write_clip(tmp_path / "rot.mp4", seconds=1.0, size=(64, 32), audio=False, rotation=rotation,
-                      marker=True)
-    assert probe(path).video.rotation == rotation
+                      marker=True, flip=flip)
+    if flip is None:
+        assert probe(path).video.rotation == rotation
     frame = decode_window(path, SPEC).frames[0]
     h, w = frame.shape[:2]
     assert (h, w) == ((64, 32) if rotation in (90, -90) else (32, 64))
