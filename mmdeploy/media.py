@@ -14,6 +14,8 @@ Rules, in one place:
   its real content; a target before the first frame takes the first frame, after the last the last
   (for up to `_HOLD_LAST` s; later than that the window has no video: frames None).
 - Rotation side data (display matrix) is applied to the frames, as ffmpeg's autorotate does.
+- Timestamps that jump more than `_MAX_JUMP` s ahead are treated as damage (the stream stays
+  contiguous), so a corrupt packet cannot make a window allocate or wait for minutes of media.
 - Work is bounded: each pass seeks near the window, stops once past it, and gives up (MediaError)
   after `_PACKETS_PER_SECOND` packets per second of media advanced (plus a fixed allowance), so a
   hostile file whose timestamps never advance cannot hang a worker.
@@ -39,6 +41,7 @@ _PACKET_ALLOWANCE = 5000     # packets a pass may read before its time must adva
 _SCAN_PACKETS = 200_000      # packets read to find the end of a file that states no duration
 _MAX_BAD_PACKETS = 50        # corrupt packets skipped per pass before giving up
 _HOLD_LAST = 1.0             # s: after a stream's last frame, that frame stays on screen this long
+_MAX_JUMP = 30.0             # s: a timestamp this far past the previous one is damage, not a gap
 _SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguous" are treated as contiguous
 
 
@@ -130,7 +133,7 @@ def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, e
         if video is not None:
             targets = _frame_targets(spec, start, seconds)
             track = _FrameTrack(src, video, targets[0])
-            clip.frames, clip.frame_times = _stack([track.at(t) for t in targets])
+            clip.frames, clip.frame_times = _stack(path, [track.at(t) for t in targets])
     if audio_path is not None:
         with _Source(audio_path) as src:
             audio = _index(_pick(src.container, "audio"))
@@ -183,7 +186,7 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
                        for i, t in enumerate(targets(j)) if t <= last and (j, i) not in picked]
                 for t, key in sorted(due):
                     picked[key] = frames.at(t)
-                clip.frames, clip.frame_times = _stack([picked.pop((k, i)) for i in range(spec.frames)])
+                clip.frames, clip.frame_times = _stack(path, [picked.pop((k, i)) for i in range(spec.frames)])
             if samples is not None:
                 clip.audio = samples.window(start, seconds)
                 samples.drop_before(start + hop)
@@ -410,7 +413,7 @@ def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float 
                                        "reaching the window (timestamps do not advance; damaged file?)")
             try:
                 frames = packet.decode()
-            except (av.InvalidDataError, av.error.PatchWelcomeError, ValueError) as exc:
+            except (av.FFmpegError, ValueError) as exc:  # a corrupt packet: skip it
                 bad += 1
                 if bad > _MAX_BAD_PACKETS:
                     raise MediaError(path, f"too many corrupt packets in stream {stream.index} ({_why(exc)})") from None
@@ -451,6 +454,8 @@ class _FrameTrack:
             step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1 / self.fps
             t = 0.0 if self.last_time is None else self.last_time + step
         if self.last_time is not None:
+            if t - self.last_time > _MAX_JUMP:  # a damaged timestamp: one frame period on
+                t = self.last_time + 1 / self.fps
             t = max(t, self.last_time)  # keep display order monotonic
         self.last_time = t
         return [t, frame, None]
@@ -473,14 +478,19 @@ class _FrameTrack:
         return self.done and self.ahead is None and (self.shown is None or self.shown[0] < t)
 
 
-def _stack(chosen: list[list | None]) -> tuple[np.ndarray | None, np.ndarray]:
+def _stack(path, chosen: list[list | None]) -> tuple[np.ndarray | None, np.ndarray]:
     """(frames [N, H, W, 3] uint8, times [N]) of chosen frames; (None, []) if any is missing."""
+    import av
+
     if not chosen or any(c is None for c in chosen):
         return None, np.zeros(0, np.float64)
     size = (chosen[0][1].width, chosen[0][1].height)
     for c in chosen:
         if c[2] is None:  # converted once, even when several targets share the frame
-            c[2] = _rgb(c[1], None if (c[1].width, c[1].height) == size else size)
+            try:
+                c[2] = _rgb(c[1], None if (c[1].width, c[1].height) == size else size)
+            except (av.FFmpegError, ValueError) as exc:
+                raise MediaError(path, f"cannot convert a {c[1].format.name} frame to RGB ({_why(exc)})") from None
     return np.stack([c[2] for c in chosen]), np.array([c[0] for c in chosen], np.float64)
 
 
@@ -607,8 +617,11 @@ class _AudioTrack:
 
     def _place(self, t: float | None, samples: np.ndarray) -> None:
         i = self.written if t is None and self.written is not None else int(round((t or 0.0) * self.rate))
-        if self.written is not None and abs(i - self.written) <= _SYNC_TOLERANCE * self.rate:
-            i = self.written  # timestamp jitter: stay contiguous
+        if self.written is not None and (abs(i - self.written) <= _SYNC_TOLERANCE * self.rate
+                                         or i - self.written > _MAX_JUMP * self.rate):
+            i = self.written  # timestamp jitter or a damaged timestamp: stay contiguous
+        elif self.written is None and i - self.base > _MAX_JUMP * self.rate:
+            i = self.base
         if i < self.base:
             samples, i = samples[self.base - i:], self.base
         stop = i + len(samples)

@@ -387,3 +387,23 @@ def test_inspect_bad_file_is_one_line_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmdeploy", "inspect", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith(f"error: {bad}: ")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_corrupted_bytes_never_escape_as_av_errors(tmp_path, media_dir, seed):
+    """Random bytes overwritten inside real files: a clip or a MediaError, nothing else, and no hang."""
+    rng = np.random.default_rng(seed)
+    for name in ("cremad_1001_DFA_ANG_XX.flv", "iphone_rot180_audiofirst.mov", "tears_of_steel_vp8_vorbis_mono.webm"):
+        data = bytearray((media_dir / name).read_bytes())
+        at = rng.integers(len(data) // 10, len(data), 200)
+        for i in at:
+            data[i] = int(rng.integers(0, 256))
+        path = tmp_path / name
+        path.write_bytes(bytes(data))
+        try:
+            clip = decode_window(path, SPEC, start=0.5)
+            assert clip.has_audio or clip.has_video
+            for clip in iter_windows(path, SPEC):
+                assert clip.has_audio or clip.has_video
+        except MediaError as exc:
+            assert exc.reason
