@@ -4,9 +4,11 @@ Training caches, export checks, `mmdeploy classify` and the HTTP service all cal
 with the bundle's spec, so a model sees identical tensors everywhere. Choices the spec does not spell out:
 - STFT padding with center=true is zeros (librosa >= 0.10's default), window periodic (scipy/librosa
   `fftbins=True`); Tukey uses alpha 0.25 (scipy's default in `signal.spectrogram`).
-- scale="psd" reproduces `scipy.signal.spectrogram(x, fs, window, nperseg, noverlap, scaling="density")`
-  including its default per-segment mean removal (`detrend="constant"`); one-sided density
-  |X|^2 / (fs * sum(w^2)), doubled except the DC and Nyquist bins.
+- scale="psd" with center=false reproduces `scipy.signal.spectrogram(x, fs, window, nperseg=n_fft,
+  noverlap=n_fft - hop, scaling="density")` including its default per-segment mean removal
+  (`detrend="constant"`): one-sided density |X|^2 / (fs * sum(w^2)), doubled except the DC and Nyquist
+  bins (checked against scipy 1.17 to 1e-6 in log units). With center=true the same scaling is applied
+  to the centred, zero-padded STFT (no detrending). A win_length < n_fft window is centred in n_fft.
 - The mel filterbank is torchaudio's (HTK scale, no normalisation, 0 Hz to fs/2), applied to the scaled
   spectrogram.
 - Frames are squashed (no crop) with bilinear, antialiased interpolation on uint8 (rounded to uint8,
@@ -129,7 +131,7 @@ def frame_tensor(frames: np.ndarray, spec: ClipSpec) -> torch.Tensor:
     std = torch.tensor(spec.frame_std).view(3, 1, 1, 1)
     scale, shift = 1.0 / (255.0 * std), torch.tensor(spec.frame_mean).view(3, 1, 1, 1) / std
     out = x.permute(1, 0, 2, 3).contiguous().float().mul_(scale).sub_(shift)  # [3, N, H, W]: (x/255 - mean)/std
-    if out.shape[1] != spec.frames:  # a clip decoded with another spec: take evenly spaced frames
+    if out.shape[1] != spec.frames:  # a clip decoded with another frame count: evenly spaced frames
         idx = torch.linspace(0, out.shape[1] - 1, spec.frames).round().long()
         out = out[:, idx].contiguous()
     return out

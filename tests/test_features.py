@@ -123,6 +123,15 @@ def test_frames_are_resized_and_normalised_per_channel():
     assert out[2, :, :, :10].mean() > out[2, :, :, -10:].mean()
 
 
+def test_other_frame_count_is_resampled_evenly():
+    spec = preset("synth").replace(frames=3, frame_height=8, frame_width=8)
+    frames = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 50, 100, 150, 200)])
+    out = frame_tensor(frames, spec)
+    assert out.shape == (3, 3, 8, 8)
+    levels = (out[0, :, 0, 0] * spec.frame_std[0] + spec.frame_mean[0]) * 255
+    torch.testing.assert_close(levels, torch.tensor([0.0, 100.0, 200.0]), atol=1e-3, rtol=0)
+
+
 def test_absent_modalities_stay_none():
     spec = preset("synth")
     clip = make_clip(1.0, spec.sample_rate)
