@@ -150,9 +150,13 @@ def _encoder_groups(core: nn.Module) -> dict[str, list[torch.Tensor]]:
 # ---------------------------------------------------------------- methods
 
 class Joint:
-    """Single-loss joint training: CE(fused) only; the unimodal heads get no gradient."""
+    """Single-loss joint training: CE(fused) only; the unimodal heads get no gradient.
+
+    `trains_heads` says whether the loss reaches the unimodal heads (DDP needs
+    find_unused_parameters=True when it does not)."""
 
     name = "joint"
+    trains_heads = False
 
     def __init__(self):
         self.reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
@@ -171,6 +175,7 @@ class MultiLoss(Joint):
     """CE(fused) + CE(audio) + CE(video), no modulation (heads of absent modalities are skipped)."""
 
     name = "multiloss"
+    trains_heads = True
 
     def loss(self, outputs: Outputs, labels: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(outputs["fused"], labels)
@@ -222,19 +227,9 @@ class MLB(MultiLoss, EpochWindow):
         return _logs(mods, s=scores, r=ratios, k=k)
 
 
-class OGM(Joint, EpochWindow):
-    """OGM (Peng et al. 2022) as in the MLB repo, mlb-method.md §5: loss CE(fused); scores from the
-    late-fusion partial logits W_m f_m + b/2; the leading modality's encoder grads *= 1 - tanh(alpha rho).
-    Only late fusion defines those partial logits; any other fusion is refused with a ConfigError."""
-
-    name = "ogm"
-    noise = False
-
-    def __init__(self, alpha: float = 0.8, start_epoch: int = 0, end_epoch: int | None = None):
-        super().__init__()
-        self.alpha = _number(self.name, "alpha", alpha, 0.0)
-        self.start_epoch, self.end_epoch = _epochs(self.name, start_epoch, end_epoch)
-        self.groups = GroupCache(_encoder_groups)
+class PartialLogits(Joint):
+    """Base of OGM and MSLR: loss CE(fused); forward adds "partial" {m: W_m f_m + b/2} (detached), the
+    late-fusion layer's per-modality share of the fused logits. Other fusions are refused (ConfigError)."""
 
     def forward(self, model: nn.Module, audio: torch.Tensor | None, video: torch.Tensor | None) -> Outputs:
         core = getattr(model, "module", model)
@@ -248,6 +243,20 @@ class OGM(Joint, EpochWindow):
             with torch.no_grad():
                 outputs["partial"] = partial_logits({m: f.detach() for m, f in outputs["features"].items()})
         return outputs
+
+
+class OGM(PartialLogits, EpochWindow):
+    """OGM (Peng et al. 2022) as in the MLB repo, mlb-method.md §5: loss CE(fused); scores from the
+    late-fusion partial logits; the leading modality's encoder grads *= 1 - tanh(alpha rho)."""
+
+    name = "ogm"
+    noise = False
+
+    def __init__(self, alpha: float = 0.8, start_epoch: int = 0, end_epoch: int | None = None):
+        super().__init__()
+        self.alpha = _number(self.name, "alpha", alpha, 0.0)
+        self.start_epoch, self.end_epoch = _epochs(self.name, start_epoch, end_epoch)
+        self.groups = GroupCache(_encoder_groups)
 
     def after_backward(self, model: nn.Module, outputs: Outputs, labels: torch.Tensor, epoch: int) -> dict[str, float]:
         if "partial" not in outputs:
@@ -351,7 +360,136 @@ class AGM(Joint, EpochWindow):
         torch._foreach_mul_(grads, factor)
 
 
-METHODS = {cls.name: cls for cls in (Joint, MultiLoss, MLB, OGM, OGMGE, AGM)}
+class EpochStats:
+    """Per-epoch sums kept on the device: `add` every step, `close` when a new epoch starts."""
+
+    def __init__(self):
+        self.epoch: int | None = None
+        self.sums: torch.Tensor | None = None
+
+    def add(self, epoch: int, values: torch.Tensor) -> torch.Tensor | None:
+        """Accumulate `values`; returns the previous epoch's sums when `epoch` is a new one, else None."""
+        closed = None
+        if self.epoch is not None and epoch != self.epoch:
+            closed, self.sums = self.sums, None
+        self.epoch = epoch
+        self.sums = values.clone() if self.sums is None else self.sums + values
+        return closed
+
+
+class MSLR(PartialLogits):
+    """Modality-specific learning rates as in the MLB repo, mlb-method.md §5: loss CE(fused); every
+    step encoder m's grads *= rho_m * lr_scale[m], with rho_m = acc_m / mean of its last `memory`
+    epoch accuracies (1 until that many are stored), acc_m = accuracy of the partial logits.
+
+    Deviation: acc_m is measured on the previous epoch's training batches, since a method sees no
+    validation data (the reference reads last epoch's validation accuracy)."""
+
+    name = "mslr"
+
+    def __init__(self, lr_scale: dict[str, float] | None = None, memory: int = 5):
+        super().__init__()
+        lr_scale = {"audio": 0.9, "video": 1.1} if lr_scale is None else lr_scale
+        if not isinstance(lr_scale, dict) or set(lr_scale) != {"audio", "video"}:
+            raise ConfigError(f"method.lr_scale: mslr needs {{audio: x, video: y}}, got {lr_scale!r}")
+        self.lr_scale = {m: _number("mslr", f"lr_scale.{m}", v, 0.0) for m, v in lr_scale.items()}
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
+            raise ConfigError(f"method.memory: mslr needs a positive integer (epochs), got {memory!r}")
+        self.memory = memory
+        self.groups = GroupCache(_encoder_groups)
+        self.stats = EpochStats()
+        self.history: list[torch.Tensor] = []
+        self.rho: torch.Tensor | None = None
+
+    def after_backward(self, model: nn.Module, outputs: Outputs, labels: torch.Tensor, epoch: int) -> dict[str, float]:
+        if "partial" not in outputs:
+            return {}
+        groups = self.groups(model)
+        mods = list(outputs["partial"])
+        with torch.no_grad():
+            logits = torch.stack([outputs["partial"][m] for m in mods])
+            correct = (logits.argmax(dim=-1) == labels).sum(dim=1).to(logits.dtype)
+            closed = self.stats.add(epoch, torch.cat([correct, correct.new_tensor([labels.numel()])]))
+            if closed is not None:
+                closed = self.reduce(closed)
+                acc = closed[:-1] / closed[-1]
+                if len(self.history) >= self.memory:
+                    self.rho = acc / torch.stack(self.history[-self.memory:]).mean(dim=0)
+                self.history.append(acc)
+            rho = torch.ones(len(mods), device=logits.device) if self.rho is None else self.rho
+            k = rho * torch.tensor([self.lr_scale[m] for m in mods], device=logits.device)
+            scale_grads([groups[m] for m in mods], k)
+        return _logs(mods, rho=rho, k=k)
+
+
+class PMR(Joint, EpochWindow):
+    """Prototypical modal rebalance (Fan et al. 2023) as in the MLB repo, mlb-method.md §5. Prototypes
+    P_m[c] = class means of the features f_m (EMA with `momentum`); q_m = -||f_m - P_m[c]||; s_m = mean
+    softmax(q_m)[y]; the lagging modality (s_m below the others' mean) gets alpha * CE(q_m) added to
+    CE(fused), within [start_epoch, end_epoch] (judged by the epoch of the previous step).
+
+    Deviations: prototypes come from the previous epoch's training features (the reference runs an
+    extra pass at each epoch start), so epoch 0 trains with CE(fused) only; features are not
+    BatchNorm-normalised (the MLB repo's addition, whose BN state lived outside the model)."""
+
+    name = "pmr"
+
+    def __init__(self, alpha: float = 1.75, momentum: float = 0.0, start_epoch: int = 0, end_epoch: int | None = None):
+        super().__init__()
+        self.alpha = _number("pmr", "alpha", alpha, 0.0)
+        momentum = _number("pmr", "momentum", momentum, 0.0, inclusive=True)
+        if momentum >= 1.0:
+            raise ConfigError(f"method.momentum: pmr needs a number in [0, 1), got {momentum!r}")
+        self.momentum = momentum
+        self.start_epoch, self.end_epoch = _epochs("pmr", start_epoch, end_epoch)
+        self.stats = EpochStats()
+        self.prototypes: dict[str, torch.Tensor] = {}
+        self.last: dict[str, torch.Tensor] = {}
+
+    def forward(self, model: nn.Module, audio: torch.Tensor | None, video: torch.Tensor | None) -> Outputs:
+        return model(audio, video, with_features=True)
+
+    def loss(self, outputs: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(outputs["fused"], labels)
+        feats = outputs["features"]
+        epoch = self.stats.epoch  # of the last after_backward: the loss does not see the epoch
+        if len(feats) < 2 or set(self.prototypes) != set(feats) or epoch is None or not self.active(epoch):
+            return loss
+        mods = list(feats)
+        q = torch.stack([-torch.cdist(feats[m], self.prototypes[m]) for m in mods])     # [M, B, C]
+        scores = self.reduce(true_class_scores(q.detach(), labels))
+        weights = self.alpha * (scores < others_mean(scores)).to(q.dtype)
+        self.last = {"s": scores, "w": weights}
+        losses = torch.stack([F.cross_entropy(q[i], labels) for i in range(len(mods))])
+        return loss + (weights * losses).sum()
+
+    def after_backward(self, model: nn.Module, outputs: Outputs, labels: torch.Tensor, epoch: int) -> dict[str, float]:
+        feats = outputs["features"]
+        if len(feats) < 2:
+            return {}
+        mods = list(feats)
+        with torch.no_grad():
+            f = torch.stack([feats[m].detach() for m in mods])                            # [M, B, D]
+            classes = getattr(model, "module", model).num_classes
+            sums = f.new_zeros(len(mods), classes, f.shape[-1] + 1)
+            sums.index_add_(1, labels, torch.cat([f, torch.ones_like(f[..., :1])], dim=-1))
+            closed = self.stats.add(epoch, sums)
+            if closed is not None:
+                self._update_prototypes(mods, self.reduce(closed))
+        logs, self.last = self.last, {}
+        return _logs(mods, **logs) if logs else {}
+
+    def _update_prototypes(self, mods: list[str], sums: torch.Tensor) -> None:
+        count = sums[..., -1:]
+        means = sums[..., :-1] / count.clamp(min=1.0)
+        for i, m in enumerate(mods):
+            old = self.prototypes.get(m)
+            new = means[i] if old is None else torch.where(count[i] > 0, self.momentum * old + (1 - self.momentum)
+                                                           * means[i], old)
+            self.prototypes[m] = new
+
+
+METHODS = {cls.name: cls for cls in (Joint, MultiLoss, MLB, OGM, OGMGE, AGM, MSLR, PMR)}
 
 
 def build_method(name: str, **params: Any) -> Joint:

@@ -89,6 +89,9 @@ def test_joint_gives_heads_no_gradient_and_multiloss_reaches_all(model):
     assert all(joint[n] is not None for n in joint if not n.startswith("heads."))
     multi, _, _ = grads_after("multiloss", model)
     assert all(g is not None for g in multi.values())
+    # what a DDP trainer needs for find_unused_parameters
+    assert [build_method(n).trains_heads for n in ("joint", "multiloss", "mlb", "ogm", "agm", "mslr", "pmr")] == \
+        [False, True, True, False, False, False, False]
 
 
 def test_mlb_grads_are_multiloss_grads_times_k_per_group(model):
@@ -192,6 +195,9 @@ def test_agm_outputs_sum_to_fused(model):
     ("mlb", {"start_epoch": 3, "end_epoch": 2}, "method.end_epoch"),
     ("joint", {"alpha": 0.8}, "method.alpha"),
     ("agm", {"clip": 0}, "method.clip"),
+    ("mslr", {"lr_scale": {"audio": 0.9}}, "method.lr_scale"),
+    ("mslr", {"memory": 0}, "method.memory"),
+    ("pmr", {"momentum": 1.0}, "method.momentum"),
 ])
 def test_bad_method_config_names_the_key(name, params, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -220,3 +226,44 @@ def test_mlb_skips_a_batch_without_both_heads(model):
     logits = torch.randn(2, 3)
     assert build_method("mlb").after_backward(model, {"fused": logits, "audio": logits, "video": None},
                                               torch.tensor([0, 1]), epoch=0) == {}
+
+
+def test_mslr_rho_from_epoch_accuracies_of_the_partial_logits(model):
+    method = build_method("mslr", memory=2)
+    labels = torch.tensor([0, 1])
+    right, half = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    epochs = [(right, half), (half, half), (half, right), (half, half)]  # (audio, video) accuracy 1 or 0.5
+    for epoch, (a, v) in enumerate(epochs):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        logs = method.after_backward(model, {"partial": {"audio": a, "video": v}}, labels, epoch)
+    # at epoch 3: rho_a = 0.5 / mean(1, 0.5), rho_v = 1 / mean(0.5, 0.5); k = rho * lr_scale (0.9, 1.1)
+    assert [logs["rho_audio"], logs["rho_video"]] == pytest.approx([2 / 3, 2.0])
+    assert [logs["k_audio"], logs["k_video"]] == pytest.approx([0.6, 2.2])
+    assert torch.allclose(model.encoders["video"].net.stem[0].weight.grad, torch.tensor(2.2))
+    assert torch.equal(model.heads["video"].weight.grad, torch.ones_like(model.heads["video"].weight))
+    assert torch.equal(model.fusion.weights["audio"].weight.grad, torch.ones_like(model.fusion.weights["audio"].weight))
+
+
+def test_pmr_prototypes_from_last_epoch_and_loss_on_the_lagging_modality(model):
+    method = build_method("pmr", alpha=2.0)
+    torch.manual_seed(5)
+    audio, video, labels = torch.randn(6, 1, 16, 16), torch.randn(6, 3, 2, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    seen = []
+    for epoch in (0, 1, 1):
+        model.zero_grad(set_to_none=True)
+        out = method.forward(model, audio, video)
+        loss = method.loss(out, labels)
+        extra = loss - torch.nn.functional.cross_entropy(out["fused"], labels)
+        loss.backward()
+        logs = method.after_backward(model, out, labels, epoch)
+        seen.append((out, extra, logs))
+    (first, extra0, logs0), (_, extra1, _), (last, extra2, logs2) = seen
+    assert extra0 == 0 and extra1 == 0 and logs0 == {}  # no prototypes until epoch 0 is closed
+    feats = first["features"]["audio"].detach()
+    torch.testing.assert_close(method.prototypes["audio"], torch.stack([feats[labels == c].mean(0) for c in range(3)]))
+    weights = [logs2["w_audio"], logs2["w_video"]]
+    assert sorted(weights) == [0.0, 2.0]
+    lagging = ("audio", "video")[weights.index(2.0)]
+    q = -torch.cdist(last["features"][lagging].detach(), method.prototypes[lagging])
+    assert extra2.item() == pytest.approx(2.0 * torch.nn.functional.cross_entropy(q, labels).item(), rel=1e-5)
