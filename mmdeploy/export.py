@@ -101,6 +101,9 @@ def parse_target(data: dict[str, Any], name: str, where: str) -> Target:
     if not isinstance(batches, list) or not batches or \
             not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
         raise ConfigError(f"{where}: parity.batches: must be a list of batch sizes >= 1, got {batches!r}")
+    if data.get("backend") == "tensorrt" and min(batches) < batch["min"]:
+        raise ConfigError(f"{where}: parity.batches: {min(batches)} is below the engine profile's batch.min "
+                          f"{batch['min']}")
     layers = data.get("fp32_layers", [])
     if not isinstance(layers, list) or set(layers) - set(FP32_LAYER_KINDS):
         raise ConfigError(f"{where}: fp32_layers: choose from {', '.join(FP32_LAYER_KINDS)}, got {layers!r}")

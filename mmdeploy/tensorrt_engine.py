@@ -115,7 +115,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, shapes: dic
             _pin_fp32(trt, network, fp32_layers)
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(cache, False)  # ignore_mismatch=False
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendUnavailable(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")

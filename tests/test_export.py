@@ -136,6 +136,7 @@ def test_every_deploy_target_loads(path):
     ({"batch": {"min": 1, "max": 32}}, "needs integer min, opt and max"),
     ({"parity": {"tolerance": -1}}, "parity.tolerance"),
     ({"fp32_layers": ["attention"]}, "fp32_layers"),
+    ({"backend": "tensorrt", "batch": {"min": 2, "opt": 8, "max": 32}}, "below the engine profile's batch.min"),
 ])
 def test_bad_target_is_a_config_error(data, message):
     from mmdeploy.export import parse_target

@@ -72,6 +72,23 @@ def test_auto_skips_onnxruntime_without_an_export(tiny_bundle, cpu_only, tmp_pat
     assert "mmdeploy export" in predictor.skipped["onnxruntime-cpu"]
 
 
+def test_auto_skips_an_onnx_exported_from_other_weights(run, cpu_only, tmp_path):
+    import torch
+
+    from mmdeploy.bundle import load_bundle, save_bundle
+    from mmdeploy.runtime import load_predictor
+
+    bundle = load_bundle(run)
+    with torch.no_grad():
+        bundle.model.heads["audio"].bias.add_(1.0)  # retrained into the same folder, export not rerun
+    retrained = tmp_path / "retrained"
+    shutil.copytree(run, retrained)
+    save_bundle(retrained, bundle.model, bundle.classes, bundle.spec)
+    predictor = load_predictor(retrained)
+    assert predictor.backend == "torch-cpu"
+    assert "exported from other weights" in predictor.skipped["onnxruntime-cpu"]
+
+
 @pytest.mark.parametrize("backend, message", [
     ("tensorrt", "tensorrt faked off"),
     ("onnxruntime-cuda", "onnxruntime-cuda faked off"),

@@ -2,8 +2,9 @@
 
 `auto` takes the first usable of AUTO_ORDER: TensorRT -> ONNX Runtime CUDA -> torch CUDA fp16 ->
 ONNX Runtime CPU -> torch CPU. ONNX Runtime and TensorRT need files made by `mmdeploy export` (RUN/export/
-model.onnx, a matching engine); when they are missing, `auto` skips that backend with the reason (it never
-exports on the fly: exporting takes a while and checks parity, which is the export command's job).
+model.onnx exported from the bundle's current weights, a matching engine); when they are missing or stale,
+`auto` skips that backend with the reason (it never exports on the fly: exporting takes a while and checks
+parity, which is the export command's job).
 Availability is decided by the functions in CHECKS (library and device) and `artifact_reason`
 (files), so tests can fake them.
 """
@@ -72,10 +73,26 @@ def _engine_path(run: Path) -> Path | None:
     return find_engine(run / "export", gpu, version, file_sha256(onnx_path))
 
 
+def _onnx_reason(run: Path) -> str | None:
+    """Why RUN/export/model.onnx cannot serve this bundle: missing, or exported from other weights."""
+    from mmdeploy.runtime.ort_backend import read_onnx_metadata
+    from mmdeploy.tensorrt_engine import file_sha256
+
+    onnx_path = run / "export" / ONNX_FILE
+    if not onnx_path.is_file():
+        return f"{onnx_path} missing; run `mmdeploy export {run} --onnx`"
+    weights = run / "model.safetensors"
+    if weights.is_file() and read_onnx_metadata(onnx_path)[2].get("mmdeploy.weights_sha256") != file_sha256(weights):
+        return f"{onnx_path} was exported from other weights than {weights}; run `mmdeploy export {run} --onnx`"
+    return None
+
+
 def artifact_reason(name: str, run: Path) -> str | None:
     """Why the run lacks the files `name` needs (only called once the library check passed)."""
-    if name.startswith("onnxruntime") and not (run / "export" / ONNX_FILE).is_file():
-        return f"{run / 'export' / ONNX_FILE} missing; run `mmdeploy export {run} --onnx`"
+    if name.startswith("onnxruntime") or name == "tensorrt":
+        reason = _onnx_reason(run)
+        if reason:
+            return reason
     if name == "tensorrt" and _engine_path(run) is None:
         return f"no TensorRT engine in {run / 'export'} for this GPU and TensorRT version; " \
                f"run `mmdeploy export {run} --trt`"
