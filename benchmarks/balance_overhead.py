@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/balance_overhead.py [--device cpu|cuda] [--batch 8] [--size 32] [--width 16]
 
-Table 1: median time of one full step (zero_grad, forward, loss, backward, after_backward, Adam step) for
-each method on the same model and batch; methods are interleaved round by round so machine load hits
-them alike. Ratios are against multiloss (MLB's goal: <= 1.02x); the after_backward column
-isolates the balancing work itself, which step medians on a loaded machine cannot resolve below a few %. Table 2: computing s, r and k from
-the heads' logits: `true_class_scores` + `mlb_ratios` + `mlb_coefficients` on the logits' device, vs a
-per-sample Python loop on the CPU that recomputes the batch softmax for every sample (the reference's
-way, mlb-method.md §7.3).
+Table 1: median time of one full step (zero_grad, forward, loss, backward, after_backward, Adam
+step) for each method on the same model and batch; methods are interleaved round by round so machine
+load hits them alike. Ratios are against multiloss (MLB's goal: <= 1.02x); the after_backward column
+isolates the balancing work itself, which step medians on a loaded machine cannot resolve below a
+few %.
+
+Table 2: computing s, r and k from the heads' logits (`true_class_scores`, `mlb_ratios`,
+`mlb_coefficients` on the logits' device) vs a per-sample Python loop on the CPU that recomputes the
+batch softmax for every sample, as the MLB paper's code does.
 """
 from __future__ import annotations
 

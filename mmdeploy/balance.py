@@ -186,7 +186,7 @@ class MultiLoss(Joint):
 
 
 class MLB(MultiLoss, EpochWindow):
-    """Multi-loss balanced gradient modulation (Kontras et al. 2024), mlb-method.md §1.
+    """Multi-loss balanced gradient modulation (Kontras et al., BMVC 2024).
 
     After backward: s_m from the unimodal heads, r_m = others / self, k_m = 1 + tanh(alpha (r_m - 1))
     (variant "beta": 1 + (beta - 1) tanh(...) where r_m > 1), grads of group m *= k_m, within
@@ -246,7 +246,7 @@ class PartialLogits(Joint):
 
 
 class OGM(PartialLogits, EpochWindow):
-    """OGM (Peng et al. 2022) as in the MLB repo, mlb-method.md §5: loss CE(fused); scores from the
+    """OGM (Peng et al. 2022) as run in the MLB paper's code: loss CE(fused); scores from the
     late-fusion partial logits; the leading modality's encoder grads *= 1 - tanh(alpha rho)."""
 
     name = "ogm"
@@ -292,7 +292,7 @@ class OGMGE(OGM):
 
 
 class AGM(Joint, EpochWindow):
-    """AGM (Li et al. 2023) as in the MLB repo, mlb-method.md §5. Two extra passes in eval mode under
+    """AGM (Li et al. 2023) as run in the MLB paper's code. Two extra passes in eval mode under
     no_grad with zeroed audio / zeroed video give z(0,v), z(a,0); z_a = (z - z(0,v) + z(a,0)) / 2 and
     z_v likewise. Scores are mean -log p(true class); k_m = exp(alpha * min(r*_m - r_m, clip)) with r*
     from running means (updated after use). Loss CE(fused).
@@ -378,7 +378,7 @@ class EpochStats:
 
 
 class MSLR(PartialLogits):
-    """Modality-specific learning rates as in the MLB repo, mlb-method.md §5: loss CE(fused); every
+    """Modality-specific learning rates as run in the MLB paper's code: loss CE(fused); every
     step encoder m's grads *= rho_m * lr_scale[m], with rho_m = acc_m / mean of its last `memory`
     epoch accuracies (1 until that many are stored), acc_m = accuracy of the partial logits.
 
@@ -423,7 +423,7 @@ class MSLR(PartialLogits):
 
 
 class PMR(Joint, EpochWindow):
-    """Prototypical modal rebalance (Fan et al. 2023) as in the MLB repo, mlb-method.md §5. Prototypes
+    """Prototypical modal rebalance (Fan et al. 2023) as run in the MLB paper's code. Prototypes
     P_m[c] = class means of the features f_m (EMA with `momentum`); q_m = -||f_m - P_m[c]||; s_m = mean
     softmax(q_m)[y]; the lagging modality (s_m below the others' mean) gets alpha * CE(q_m) added to
     CE(fused), within [start_epoch, end_epoch] (judged by the epoch of the previous step).

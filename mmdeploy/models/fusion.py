@@ -4,8 +4,8 @@
 [B, C]) or "tokens" ((tokens [B, L_m, D_m], mask [B, L_m] | None) per modality).
 
 Each fusion names its parameters explicitly for balancing: `modality_params(m)` are scaled with
-modality m, `shared_params()` never are. The split follows what the paper's name matching scales
-(mlb-method.md §1.5): the per-modality input weight of a fusion belongs to that modality; biases and
+modality m, `shared_params()` never are. The split follows what the name matching in the MLB
+paper's code scales: a fusion's per-modality input weight belongs to that modality; biases and
 everything after the modalities meet are shared.
 """
 from __future__ import annotations
@@ -146,11 +146,13 @@ class TransformerFusion(nn.Module):
     embedding -> [CLS] + all tokens -> pre-norm transformer encoder (padding masked) -> Linear on CLS.
 
     Modality m: its token projection (the analogue of W_m; the paper has none since both maps are 512-d).
-    Shared: CLS, modality embeddings, transformer and output layer (the paper scales none of them)."""
+    Shared: CLS, modality embeddings, transformer and output layer (the paper scales none of them).
+    Defaults follow the paper's size (512-d, 2 layers); its fusion blocks are Conformers, ours plain
+    transformer layers, since a time convolution across the concatenated modalities has no meaning."""
 
     inputs = "tokens"
 
-    def __init__(self, dims: dict[str, int], num_classes: int, dim: int = 256, depth: int = 2, heads: int = 4,
+    def __init__(self, dims: dict[str, int], num_classes: int, dim: int = 512, depth: int = 2, heads: int = 8,
                  ff_mult: int = 4, dropout: float = 0.1):
         super().__init__()
         dim, depth, heads, ff_mult = (_positive_int(k, v) for k, v in
