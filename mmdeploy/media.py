@@ -12,7 +12,7 @@ Rules, in one place:
   Frame i is the frame on screen at start + offset_i * L / spec.window_seconds (offsets from
   `spec.frame_offsets()`), so a 2.2-s clip with a 3-s window still gets N distinct frames spread over
   its real content; a target before the first frame takes the first frame, after the last the last
-  (for up to `_HOLD_LAST` s; later than that the window has no video: frames None).
+  (for its duration, at least `_HOLD_LAST` s; later than that the window has no video: frames None).
 - Rotation side data (display matrix) is applied to the frames, as ffmpeg's autorotate does.
 - Timestamps that jump more than `_MAX_JUMP` s ahead are treated as damage (the stream stays
   contiguous), so a corrupt packet cannot make a window allocate or wait for minutes of media.
@@ -461,17 +461,22 @@ class _FrameTrack:
         return [t, frame, None]
 
     def at(self, t: float) -> list | None:
-        """The frame on screen at t (calls must not go back in time); None past a stream that ended
-        more than `_HOLD_LAST` s (or two frame periods) before t, or with no frame at all."""
+        """The frame on screen at t (calls must not go back in time); None past a stream whose last
+        frame ended (its duration, at least `_HOLD_LAST` s) before t, or with no frame at all."""
         while True:
             if self.ahead is None and not self.done:
                 self.ahead = self._next()
             if self.ahead is not None and self.ahead[0] <= t:
                 self.shown, self.ahead = self.ahead, None
                 continue
-            if self.done and self.shown is not None and t - self.shown[0] > max(_HOLD_LAST, 2.0 / self.fps):
+            if self.done and self.shown is not None and t - self.shown[0] > self._hold(self.shown[1]):
                 return None
             return self.shown or self.ahead
+
+    def _hold(self, frame) -> float:
+        """How long the last frame stays on screen: its own duration (a VFR still), at least _HOLD_LAST."""
+        own = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+        return max(_HOLD_LAST, 2.0 / self.fps, own)
 
     def finished_before(self, t: float) -> bool:
         self.at(t)

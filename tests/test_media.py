@@ -25,7 +25,7 @@ def write_clip(path: Path, seconds: float = 4.0, fps: int = 10, size: tuple[int,
                rate: int = 16000, video: bool = True, audio: bool = True, layout: str = "mono",
                rotation: int | None = None, options: dict | None = None, vcodec: str = "libx264",
                acodec: str = "aac", pix_fmt: str = "yuv420p", marker: bool = False,
-               flip: str | None = None) -> Path:
+               flip: str | None = None, video_seconds: float | None = None) -> Path:
     """An H.264/AAC (by default) clip: second k shows PALETTE[k % 4] and plays a TONES[k % 4] sine.
 
     marker=True paints a white block in the stored frame's top-left quarter (to check rotation).
@@ -47,8 +47,9 @@ def write_clip(path: Path, seconds: float = 4.0, fps: int = 10, size: tuple[int,
         tone = np.sin(2 * np.pi * np.array(TONES)[(t.astype(int)) % 4] * t).astype(np.float32) * 0.5
         channels = len(av.AudioLayout(layout).channels)
         vi = ai = 0
-        while (video and vi < seconds * fps) or (audio and ai < n_audio):
-            if video and vi < seconds * fps and (not audio or vi / fps <= ai / rate):
+        n_video = (seconds if video_seconds is None else video_seconds) * fps
+        while (video and vi < n_video) or (audio and ai < n_audio):
+            if video and vi < n_video and (not audio or ai >= n_audio or vi / fps <= ai / rate):
                 img = np.zeros((size[1], size[0], 3), np.uint8)
                 img[:] = PALETTE[int(vi / fps) % 4]
                 if marker:
@@ -323,6 +324,15 @@ def test_iter_windows_count_starts_and_bounded_memory(tmp_path):
     tracemalloc.stop()
     assert starts == [float(s) for s in range(20)]  # the 1-s tail at 19 s holds half a window: kept
     assert max(peak_after[5:]) < 2 * max(peak_after[:5]) + 1_000_000  # no growth with the file's length
+
+
+def test_video_that_ends_early_leaves_audio_only_windows(tmp_path):
+    path = write_clip(tmp_path / "short_video.mkv", seconds=5.0, video_seconds=2.0)
+    windows = list(iter_windows(path, SPEC, window=1.0))
+    assert [w.start for w in windows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [w.has_video for w in windows] == [True, True, True, False, False]  # last frame held 1 s
+    assert all(w.has_audio for w in windows)
+    assert not decode_window(path, SPEC, start=3.5).has_video
 
 
 def test_iter_windows_matches_decode_window(av_clip):
