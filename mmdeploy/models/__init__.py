@@ -1,4 +1,5 @@
 """Encoders, fusions and the AVClassifier; `build_model(arch, num_classes)` is the one constructor."""
-from mmdeploy.models.classifier import MODALITIES, AVClassifier, build_model, default_arch
+from mmdeploy.models.classifier import ENCODERS, MODALITIES, AVClassifier, build_model, default_arch
+from mmdeploy.models.fusion import FUSIONS
 
-__all__ = ["MODALITIES", "AVClassifier", "build_model", "default_arch"]
+__all__ = ["ENCODERS", "FUSIONS", "MODALITIES", "AVClassifier", "build_model", "default_arch"]
