@@ -26,7 +26,7 @@ from torch import nn
 from mmdeploy.bundle import FORMAT, FORMAT_VERSION, META, WEIGHTS, Bundle, load_bundle
 from mmdeploy.errors import ConfigError, MediaError, MmdeployError
 from mmdeploy.runtime.base import INPUTS, OUTPUT_NAMES, OUTPUTS
-from mmdeploy.runtime.ort_backend import read_onnx_metadata  # noqa: F401  (re-exported: the ONNX contract)
+from mmdeploy.runtime.ort_backend import read_onnx_metadata, usable_providers
 from mmdeploy.spec import ClipSpec
 
 ONNX_FILE = "model.onnx"
@@ -245,9 +245,11 @@ def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], tole
     return {"max_abs_diff": diff, "top1_agreement": agree, "ok": diff <= tolerance * scale}
 
 
-def check_parity(bundle: Bundle, run_other, batches: tuple[int, ...], tolerance: float, label: str) -> dict[str, Any]:
-    """Run `run_other(audio, video) -> logits dict` against PyTorch fp32 on the same inputs at each batch size."""
-    audio, video, source = parity_inputs(bundle, max(batches))
+def check_parity(bundle: Bundle, run_other, batches: tuple[int, ...], tolerance: float, label: str,
+                 inputs: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict[str, Any]:
+    """Run `run_other(audio, video) -> logits dict` against PyTorch fp32 on the same inputs at each batch size
+    (`inputs` from parity_inputs, computed here when not given)."""
+    audio, video, source = inputs or parity_inputs(bundle, max(batches))
     rows = []
     for b in batches:
         reference = torch_logits(bundle.model, audio[:b], video[:b])
@@ -271,7 +273,7 @@ def _ort_logits(onnx_path: Path, providers: tuple[str, ...]):
     return run
 
 
-def _torch_cuda_parity(bundle: Bundle, target: Target) -> dict[str, Any]:
+def _torch_cuda_parity(bundle: Bundle, target: Target, inputs) -> dict[str, Any]:
     """torch on CUDA (fp16 autocast, CUDA graphs if the target asks) vs fp32 CPU; skipped without CUDA."""
     import copy
 
@@ -283,14 +285,25 @@ def _torch_cuda_parity(bundle: Bundle, target: Target) -> dict[str, Any]:
     graphs = (target.batch["min"], target.batch["opt"], target.batch["max"]) if target.cuda_graphs else ()
     predictor = TorchPredictor(copy.deepcopy(bundle.model), bundle.classes, bundle.spec, device="cuda",
                                fp16=target.precision == "fp16", graph_batches=graphs)
-    return check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance, predictor.backend)
+    return check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance, predictor.backend, inputs)
 
 
-def _fail_if_off(report: dict[str, Any], path: Path) -> None:
-    if not report["ok"]:
-        raise MmdeployError(f"{path}: {report['backend']} parity outside tolerance (max_abs_diff "
-                            f"{report['max_abs_diff']:.3g} > {report['tolerance']:g}, top-1 agreement "
-                            f"{report['top1_agreement']:.2f}); see {path / PARITY_FILE}")
+def _record(reports: dict[str, Any], out: Path) -> None:
+    (out / PARITY_FILE).write_text(json.dumps(reports, indent=2) + "\n")
+
+
+def _fail_if_off(report: dict[str, Any], path: Path, artifact: Path | None = None) -> None:
+    """Raise when a parity report is outside tolerance, first renaming the artifact to *.rejected so no
+    runtime loads it."""
+    if report["ok"]:
+        return
+    note = ""
+    if artifact is not None and artifact.is_file():
+        artifact.replace(artifact.with_name(artifact.name + ".rejected"))
+        note = f"; {artifact.name} renamed to {artifact.name}.rejected"
+    raise MmdeployError(f"{path}: {report['backend']} parity outside tolerance (max_abs_diff "
+                        f"{report['max_abs_diff']:.3g} > {report['tolerance']:g}, top-1 agreement "
+                        f"{report['top1_agreement']:.2f}){note}; see {path / PARITY_FILE}")
 
 
 def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt: bool = False,
@@ -316,28 +329,31 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
     exported = onnx or not onnx_is_current(bundle, onnx_path)
     if exported:
         export_onnx(bundle, onnx_path)
-    ort_providers = ("CPUExecutionProvider",) if target.backend != "onnxruntime" else target.providers
-    from mmdeploy.runtime.ort_backend import usable_providers
-
-    reports = {"onnxruntime": check_parity(bundle, _ort_logits(onnx_path, usable_providers(ort_providers)),
-                                           target.parity_batches, 1e-4 if target.backend != "onnxruntime"
-                                           else target.tolerance, "onnxruntime")}
+    inputs = parity_inputs(bundle, max(target.parity_batches))
+    ort_target = target.backend == "onnxruntime"
+    providers = usable_providers(target.providers if ort_target else ("CPUExecutionProvider",))
+    reports = {"onnxruntime": check_parity(bundle, _ort_logits(onnx_path, providers), target.parity_batches,
+                                           target.tolerance if ort_target else 1e-4,
+                                           f"onnxruntime ({', '.join(providers)})", inputs)}
     summary: dict[str, Any] = {"run": str(bundle.path), "target": target.name, "onnx": str(onnx_path),
                                "onnx_exported": exported}
     if target.backend == "torch" and target.device == "cuda":
-        reports["torch"] = _torch_cuda_parity(bundle, target)
-    if trt:
+        reports["torch"] = _torch_cuda_parity(bundle, target, inputs)
+    _record(reports, out)
+    _fail_if_off(reports["onnxruntime"], out, onnx_path)
+    if "torch" in reports:
+        _fail_if_off(reports["torch"], out)
+    if trt:  # only from an ONNX file that passed
         from mmdeploy.runtime.trt_backend import TensorRTPredictor
         from mmdeploy.tensorrt_engine import ensure_engine
 
         engine, built = ensure_engine(onnx_path, out, target.precision, target.batch, target.fp32_layers)
         predictor = TensorRTPredictor(engine, bundle.classes, bundle.spec, max_batch=target.batch["max"])
         reports["tensorrt"] = check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance,
-                                           f"tensorrt-{target.precision}")
+                                           predictor.backend, inputs)
         summary.update(engine=str(engine), engine_built=built)
-    (out / PARITY_FILE).write_text(json.dumps(reports, indent=2) + "\n")
-    for report in reports.values():
-        _fail_if_off(report, out)
+        _record(reports, out)
+        _fail_if_off(reports["tensorrt"], out, engine)
     summary["parity"] = reports
     if bento:
         summary["bento"] = save_to_bentoml(bundle, onnx_path)

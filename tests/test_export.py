@@ -68,6 +68,7 @@ def test_parity_report(exported):
     report = json.loads((run / "export" / "parity.json").read_text())["onnxruntime"]
     assert report == summary["parity"]["onnxruntime"]
     assert report["ok"] and report["tolerance"] == 1e-4 and report["batches"] == [1, 5]
+    assert report["backend"] == "onnxruntime (CPUExecutionProvider)"
     assert [r["batch"] for r in report["per_batch"]] == [1, 5]
     assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0
     assert report["inputs"].startswith("random:")  # the tiny bundle records no data manifest
@@ -118,6 +119,18 @@ def test_parity_outside_tolerance_fails_loudly(exported):
     assert not report["ok"] and report["max_abs_diff"] == pytest.approx(0.01, rel=1e-3)
     with pytest.raises(MmdeployError, match="parity outside tolerance"):
         _fail_if_off(report, run / "export")
+
+
+def test_export_outside_tolerance_rejects_the_onnx(exported, tmp_path):
+    from mmdeploy.export import export, parse_target
+
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run)
+    strict = parse_target({"parity": {"tolerance": 1e-12, "batches": [1, 5]}}, "strict", "strict.yaml")
+    with pytest.raises(MmdeployError, match=r"parity outside tolerance .* model.onnx renamed to model.onnx.rejected"):
+        export(run, target=strict, onnx=False)  # reuses the current ONNX: no second export
+    assert not (run / "export" / "model.onnx").exists() and (run / "export" / "model.onnx.rejected").is_file()
+    assert json.loads((run / "export" / "parity.json").read_text())["onnxruntime"]["ok"] is False
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "export").glob("*.yaml")), ids=lambda p: p.stem)
