@@ -144,12 +144,23 @@ class RemotePredictor:
     def predict(self, audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
         if self._deadline is not None and self._loop.time() > self._deadline:
             raise TimeoutError("request timed out before its model call")
+        windows = pack(audio, video)
         try:
-            out = asyncio.run_coroutine_threadsafe(self._call(pack(audio, video)), self._loop).result()
+            out = asyncio.run_coroutine_threadsafe(self._call_once_more(windows), self._loop).result()
         except Exception as exc:
             raise ModelCallError(f"model service call failed ({type(exc).__name__}: {exc})") from exc
         out = np.asarray(out, np.float32)
         return {h: out[:, i] for i, h in enumerate(HEADS)}
+
+    async def _call_once_more(self, windows: np.ndarray):
+        """The call, retried once if the connection to the model service broke (a kept-alive connection
+        the other side just closed); predict is a pure function, so a retry is safe."""
+        import aiohttp
+
+        try:
+            return await self._call(windows)
+        except aiohttp.ClientConnectionError:
+            return await self._call(windows)
 
 
 def warm_features(spec: ClipSpec) -> None:

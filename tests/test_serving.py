@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -70,19 +69,30 @@ def running_server(run: Path, tmp: Path, **env: str):
 
 @pytest.fixture(scope="session")
 def served_run(tiny_bundle, tmp_path_factory) -> Path:
-    """A private copy of the tiny bundle (other tests share tiny_bundle), exported to ONNX."""
-    from mmdeploy.export import export
+    """The tiny bundle exported to ONNX, shared with the export and runtime tests (exported once)."""
+    from tests.test_export import export_once
 
-    run = tmp_path_factory.mktemp("served") / "run"
-    shutil.copytree(tiny_bundle, run)
-    export(run)
-    return run
+    return export_once(tiny_bundle, tmp_path_factory)[0]
+
+
+_SHARED: dict[str, str] = {}
+
+
+def shared_server(run: Path, tmp_path_factory, request) -> str:
+    """One server for this module and test_ui.py: started on first use, stopped at the end of the session
+    by the finalizer of the (session-scoped) fixture that started it."""
+    if "url" not in _SHARED:
+        stack = contextlib.ExitStack()
+        # 16 decode threads: a burst of 16 uploads decodes side by side and reaches the model together
+        _SHARED["url"] = stack.enter_context(running_server(run, tmp_path_factory.mktemp("server"),
+                                                            MMDEPLOY_DECODE_THREADS="16"))
+        request.addfinalizer(lambda: (stack.close(), _SHARED.clear()))
+    return _SHARED["url"]
 
 
 @pytest.fixture(scope="session")
-def server(served_run, tmp_path_factory) -> str:
-    with running_server(served_run, tmp_path_factory.mktemp("server"), MMDEPLOY_DECODE_THREADS="8") as url:
-        yield url
+def server(served_run, tmp_path_factory, request) -> str:
+    return shared_server(served_run, tmp_path_factory, request)
 
 
 def post(url: str, path: Path | None = None, name: str | None = None, data: bytes | None = None,
@@ -248,18 +258,24 @@ def test_concurrent_requests_share_model_calls(server, media_dir):
     clip = media_dir / "tears_of_steel_vp8_vorbis_mono.webm"
     data = clip.read_bytes()
 
-    def batch_sizes() -> tuple[float, float]:
+    def calls_and_windows() -> tuple[float, float]:
         text = httpx.get(server + "/metrics").text
         name = "bentoml_service_adaptive_batch_size"
         return metric(text, name + "_count", method_name="predict"), metric(text, name + "_sum", method_name="predict")
 
-    count0, sum0 = batch_sizes()
-    with ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(lambda _: post(server, name=clip.name, data=data).status_code, range(16)))
-    count1, sum1 = batch_sizes()
-    assert codes == [200] * 16
-    assert sum1 - sum0 == 16  # every request's window went through the batchable API
-    assert count1 - count0 < 16, "16 concurrent requests never shared a model call"
+    shared = []
+    for _ in range(2):  # whether calls overlap depends on timing; two bursts of 16 make a miss very unlikely
+        calls0, windows0 = calls_and_windows()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: post(server, name=clip.name, data=data), range(16)))
+        codes = [r.status_code for r in answers]
+        calls1, windows1 = calls_and_windows()
+        assert codes == [200] * 16, [r.text for r in answers if r.status_code != 200][:2]
+        assert windows1 - windows0 == 16  # every request's window went through the batchable API
+        shared.append(calls1 - calls0 < 16)
+        if shared[-1]:
+            break
+    assert any(shared), "32 concurrent requests never shared a model call"
 
 
 def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
