@@ -353,6 +353,11 @@ def test_missing_empty_and_garbage(tmp_path):
     (tmp_path / "text.mp4").write_text("this is not a video\n" * 100)
     with pytest.raises(MediaError, match="not a readable media file"):
         decode_window(tmp_path / "text.mp4", SPEC)
+    (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    with pytest.raises(MediaError, match="no audio or video track"):
+        probe(tmp_path / "subs.srt")
+    with pytest.raises(MediaError, match="not a regular file"):
+        decode_window(tmp_path, SPEC)
     (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, np.uint8).tobytes())
     with pytest.raises(MediaError):
         decode_window(tmp_path / "noise.mp4", SPEC)
