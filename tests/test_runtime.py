@@ -201,7 +201,8 @@ spec = preset("synth").replace(frame_height=32, frame_width=32, n_mels=32)
 p = TorchPredictor(build_model(g["SYNTH_CPU_ARCH"], 3), ["a", "b", "c"], spec)
 audio, video = g["inputs"](spec, 2)
 r = g["parity"](p.logits(audio, video), p.logits(audio, video))
-assert r["max_abs_diff"] == 0 and r["top1_agreement"] == 1, r
+assert r["max_abs_diff"] == 0 and r["top1_agreement"] == 1 and r["ok"], r
+assert not g["parity"]({"fused": audio[:, 0, 0, :3]}, {"fused": audio[:, 0, 0, :3] + 10})["ok"]
 assert len(g["latency_ms"](p, audio, video, 0.0, min_iters=2)) == 2
 print("cpu parts ok")
 """

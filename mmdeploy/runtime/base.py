@@ -29,6 +29,7 @@ class Predictor(ABC):
     classes: list[str]
     spec: ClipSpec
     max_batch: int | None = None
+    skipped: dict[str, str] = {}  # set by load_predictor: backends `auto` passed over, with the reason
 
     def predict(self, audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
         return {k: softmax(v) for k, v in self.logits(audio, video).items()}
