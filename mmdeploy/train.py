@@ -8,8 +8,9 @@ Files in RUN: model.safetensors + model.json (the best epoch's bundle), metrics.
 epoch), steps.jsonl (loss, lr and balancing coefficients per step), plots/*.png (at the end),
 checkpoint/ (last epoch: weights and optimizer tensors in safetensors, counters in JSON; no pickle).
 
-Determinism (for one seed and one torch thread count): every epoch reseeds torch/numpy/random and the shuffle generator from (seed, epoch), so a
-run resumed from the checkpoint of epoch e continues exactly as the uninterrupted run. Under torchrun
+Determinism (for one seed and one torch thread count): every epoch reseeds torch/numpy/random and the
+shuffle generator from (seed, epoch), so a run resumed from the checkpoint of epoch e continues exactly
+as the uninterrupted run. Under torchrun
 (WORLD_SIZE > 1) the model is wrapped in DDP, the method's scores are all-reduced so every rank applies
 the same coefficients, and only rank 0 writes files.
 """
@@ -34,6 +35,7 @@ from mmdeploy.evaluate import predict, summarize
 from mmdeploy.recipe import Recipe, load_recipe
 
 CHECKPOINT = "checkpoint"
+HEADS_IN_LOSS = {"multiloss", "mlb"}  # the others leave the unimodal heads unused: DDP must look for them
 
 
 # ---- process and device ----------------------------------------------------------------------
@@ -288,7 +290,7 @@ class Progress:
 
     def line(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.bar:
@@ -307,7 +309,8 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
 
     `method`, `data`, `seed` override method.name, data.manifest, train.seed; `overrides` are `--set`
     strings. A `method` other than the recipe's starts from that method's defaults (the recipe's
-    parameters belong to the recipe's method); `--set method.alpha=...` still applies. A new run into an existing RUN replaces its logs; `resume` continues from RUN/checkpoint."""
+    parameters belong to the recipe's method); `--set method.alpha=...` still applies. A new run into
+    an existing RUN replaces its logs; `resume` continues from RUN/checkpoint."""
     from mmdeploy.balance import build_method
     from mmdeploy.bundle import save_bundle
     from mmdeploy.models import build_model
@@ -345,7 +348,8 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
     if ctx.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=rec.method.name not in HEADS_IN_LOSS)
         balancer.reduce = all_reduce_mean
     optimizer = make_optimizer(model.parameters(), cfg.optimizer)
     total_steps = cfg.epochs * len(train_loader)
@@ -392,7 +396,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
                 rows.append({"epoch": epoch + 1, "step": state.step, "loss": loss, "lr": lr, **logs})
                 progress.step(epoch + 1, f"loss {np.mean(losses):.3f} acc {hits / seen:.3f} {_fmt_k(logs)}",
                               state.step)
-            if ctx.world > 1:  # BatchNorm running stats: rank 0's everywhere, so every rank validates the same model
+            if ctx.world > 1:  # BatchNorm running stats: rank 0's everywhere, so all ranks validate one model
                 for buf in model.buffers():
                     dist.broadcast(buf, src=0)
             val = summarize(*predict(model, eval_loaders["val"], device))

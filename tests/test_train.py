@@ -136,3 +136,14 @@ def test_paper_schedule_restarts_on_global_steps():
     cosine = SimpleNamespace(name="cosine", warmup_steps=2, t0=4, t_mult=2)
     assert [learning_rate(s, 1.0, cosine, 10) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert learning_rate(10, 1.0, cosine, 10) < 1e-12
+
+
+def test_metric_functions_by_hand():
+    from mmdeploy.evaluate import expected_calibration_error, macro_f1
+
+    labels = torch.tensor([0, 1, 1, 1])
+    assert abs(macro_f1(torch.tensor([0, 0, 1, 1]), labels, 3) - (2 / 3 + 4 / 5) / 2) < 1e-6  # class 2 unseen
+    probs = torch.tensor([[0.9, 0.1], [0.62, 0.38], [0.3, 0.7], [0.2, 0.8]])
+    # one sample per bin: mean |correct - confidence| = (0.1 + 0.62 + 0.3 + 0.2) / 4
+    assert abs(expected_calibration_error(probs, torch.tensor([0, 1, 1, 1])) - 0.305) < 1e-6
+    assert expected_calibration_error(torch.tensor([[0.95, 0.05]] * 20), torch.tensor([0] * 19 + [1])) < 1e-6

@@ -1,0 +1,94 @@
+"""Balancing methods on one recipe: test accuracy (fused and per head) at the best validation epoch.
+
+    python benchmarks/methods.py                                  # synth-cpu.yaml, 3 seeds, 5 methods
+    python benchmarks/methods.py --seeds 0 --set train.epochs=10  # shorter
+    python benchmarks/methods.py --methods mlb --alphas 0.5 0.8 2  # MLB alpha, chosen by the val column
+
+Every run is the same recipe with only the method (and seed) switched; each method uses its own
+default parameters unless the recipe names it. Model selection and any alpha choice use validation
+accuracy only; test figures are read at the best validation epoch. Finished runs under --out are
+reused, so an interrupted benchmark continues. Prints a markdown table of mean ± std over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+METHODS = ("joint", "multiloss", "ogm-ge", "agm", "mlb")
+UNTRAINED_HEADS = {"joint", "ogm", "ogm-ge", "agm"}  # loss is CE(fused) only: unimodal heads stay random
+
+
+def finished(run: Path) -> dict | None:
+    """model.json's metrics if the run completed all its epochs (or stopped early), else None."""
+    state = run / "checkpoint" / "state.json"
+    if not (run / "model.json").is_file() or not state.is_file() or not (run / "plots").is_dir():
+        return None
+    return json.loads((run / "model.json").read_text())["metrics"]
+
+
+def one_run(recipe: str, out: Path, method: str, seed: int, sets: list[str]) -> tuple[dict, float]:
+    from mmdeploy.train import train
+
+    metrics = finished(out)
+    if metrics is not None:
+        return metrics, float("nan")
+    started = time.perf_counter()
+    train(recipe, out, overrides=sets, method=method, seed=seed, quiet=True)
+    return finished(out), time.perf_counter() - started
+
+
+def mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="training/recipes/synth-cpu.yaml")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--alphas", nargs="+", type=float, default=[], help="MLB alphas to compare (by val)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe override key=value")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
+    args = parser.parse_args()
+
+    rows = []
+    for method in args.methods:
+        variants = [(f"mlb α={a:g}", [f"method.alpha={a}"]) for a in args.alphas] \
+            if method == "mlb" and args.alphas else [(method, [])]
+        for label, extra in variants:
+            results, times = [], []
+            for seed in args.seeds:
+                tag = label.replace(" α=", "-a").replace(" ", "")
+                metrics, seconds = one_run(args.recipe, args.out / f"{tag}-s{seed}", method, seed, args.sets + extra)
+                results.append(metrics)
+                times.append(seconds)
+                test = metrics["test"]
+                print(f"{label} seed {seed}: best epoch {metrics['best_epoch']}, val {metrics['val']['fused_acc']:.3f}, "
+                      f"test {test['fused_acc']:.3f} (audio {test['per_modality_acc']['audio']:.3f}, "
+                      f"video {test['per_modality_acc']['video']:.3f}) {seconds:.0f}s", flush=True)
+            rows.append((method, label, results, times))
+
+    print(f"\nrecipe {args.recipe}, seeds {args.seeds}, overrides {args.sets or 'none'}; accuracy % (mean ± std)\n")
+    print("| method | val fused | test fused | test audio head | test video head | best epoch | s/run |")
+    print("|---|---|---|---|---|---|---|")
+    for method, label, results, times in rows:
+        heads = [mean_std([r["test"]["per_modality_acc"][m] for r in results]) for m in ("audio", "video")]
+        if method in UNTRAINED_HEADS:
+            heads = [f"({h})" for h in heads]
+        done = [t for t in times if t == t]  # NaN: reused from an earlier benchmark
+        seconds = f"{statistics.mean(done):.0f}" if done else "reused"
+        print(f"| {label} | {mean_std([r['val']['fused_acc'] for r in results])} "
+              f"| {mean_std([r['test']['fused_acc'] for r in results])} | {heads[0]} | {heads[1]} "
+              f"| {statistics.mean(r['best_epoch'] for r in results):.1f} | {seconds} |")
+    if any(method in UNTRAINED_HEADS for method, *_ in rows):
+        print("\n(...): the method's loss is CE(fused) only, so its unimodal heads are never trained.")
+
+
+if __name__ == "__main__":
+    main()
