@@ -286,3 +286,35 @@ def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
                            text=True, timeout=120)
         assert r.returncode == 2
         assert re.fullmatch(r"error: .*(no such bundle|mmdeploy export RUN --bento).*\n", r.stderr), r.stderr
+
+
+# ---- pieces without a server ------------------------------------------------------------------------
+def test_decode_timeout_becomes_422_and_the_pool_keeps_working():
+    import asyncio
+
+    from mmdeploy.serving_core import DecodePool, explain
+
+    pool = DecodePool(threads=2, timeout_s=0.05)
+
+    async def go():
+        with pytest.raises(TimeoutError):
+            await pool.run(time.sleep, 0.5)
+        return await pool.run(sum, [1, 2])
+
+    assert asyncio.run(go()) == 3
+    status, message = explain(TimeoutError(), "clip.mp4", 0.05)
+    assert status == 422 and message.startswith("clip.mp4: decoding took longer than 0.05 s")
+    with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as bad input: it stays a 500
+        explain(ZeroDivisionError(), "clip.mp4", 1)
+
+
+def test_pack_round_trip_and_width_check(tiny_spec):
+    from mmdeploy.serving_core import pack, unpack
+
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((3, 1, *tiny_spec.spectrogram_shape)).astype(np.float32)
+    video = rng.standard_normal((3, *tiny_spec.frames_shape)).astype(np.float32)
+    a, v = unpack(pack(audio, video), tiny_spec)
+    assert np.array_equal(a, audio) and np.array_equal(v, video)
+    with pytest.raises(ValueError, match="expected"):
+        unpack(pack(audio, video)[:, 1:], tiny_spec)
