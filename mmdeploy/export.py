@@ -66,6 +66,8 @@ def load_target(name_or_path: str | Path) -> Target:
     path = Path(name_or_path)
     if not path.suffix:
         path = TARGETS_DIR / f"{path.name}.yaml"
+    if not path.is_file() and (TARGETS_DIR / path.name).is_file() and path.parent.name == "export":
+        path = TARGETS_DIR / path.name  # `--target export/NAME.yaml` from outside the repository root
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in TARGETS_DIR.glob("*.yaml")))
         raise ConfigError(f"{path}: no such deploy target; use one of {known} or a YAML path")
