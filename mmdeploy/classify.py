@@ -40,6 +40,7 @@ MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .ts .mts .3gp .wmv .ogv "
     ".wav .mp3 .flac .ogg .opus .m4a .aac .wma".split())
 BATCH = 16
+POOL_MIN_FILES = 8  # starting worker processes costs ~2 s (torch + PyAV imports); fewer files run here
 
 
 # ---- which files ---------------------------------------------------------------------------
@@ -185,8 +186,11 @@ def classify_file(path: str | Path, predictor, top_k: int = 5) -> dict[str, Any]
 def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | None = None,
                    batch_size: int = BATCH) -> Iterator[dict[str, Any]]:
     """Many files -> results (or {"file", "error"}) in completion order. Decoding and features run in
-    `workers` processes (default: all cores); whatever is ready is classified as one batch."""
-    workers = min(workers or os.cpu_count() or 1, len(paths))
+    `workers` processes (default: all cores, or this process for up to POOL_MIN_FILES files); whatever
+    is ready is classified as one batch."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(paths) > POOL_MIN_FILES else 1
+    workers = min(workers, len(paths))
     if workers <= 1:
         for path in paths:
             job = file_job(str(path), predictor.spec)
