@@ -241,12 +241,25 @@ def test_expand_paths(tmp_path, clips):
     assert files == sorted(clips["av"].parent.glob("*.mp4"))[:2]
 
 
+def data_only(path: Path) -> Path:
+    """An MPEG-TS file whose one stream is data: a real container with neither audio nor video."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_data_stream()
+        for i in range(10):
+            packet = av.Packet(b"payload %d" % i)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 10)
+            out.mux(packet)
+    return path
+
+
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory, clips) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("broken")
     (root / "empty.mp4").write_bytes(b"")
     (root / "garbage.mp4").write_text("this is not a video\n" * 50)
-    out = {"empty": root / "empty.mp4", "garbage": root / "garbage.mp4"}
+    out = {"empty": root / "empty.mp4", "garbage": root / "garbage.mp4", "no_tracks": data_only(root / "data.ts")}
     for name, faststart in (("cut_index_at_end", False), ("cut_faststart", True)):
         whole = write_clip(root / f"{name}_whole.mp4", 5.0, faststart=faststart)
         data = whole.read_bytes()
@@ -255,11 +268,13 @@ def broken(tmp_path_factory, clips) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("name", ["empty", "garbage", "cut_index_at_end"])
-def test_bad_file_raises_media_error(broken, predictor, name):
+@pytest.mark.parametrize("name, reason", [("empty", "empty"), ("garbage", "not a readable media file"),
+                                          ("cut_index_at_end", "not a readable media file"),
+                                          ("no_tracks", "no audio or video track")])
+def test_bad_file_raises_media_error(broken, predictor, name, reason):
     with pytest.raises(MediaError) as info:
         classify_file(broken[name], predictor)
-    assert info.value.path == str(broken[name]) and "\n" not in str(info.value)
+    assert info.value.path == str(broken[name]) and "\n" not in str(info.value) and reason in info.value.reason
 
 
 def test_truncated_faststart_is_result_or_clean_error(broken, predictor):
@@ -299,7 +314,7 @@ def test_cli_json_all_good_exit_0(capsys, clips, tiny_bundle):
 
 
 def test_cli_mixed_good_and_bad_exit_2(capsys, clips, broken, tiny_bundle, tmp_path):
-    bad = [broken["empty"], broken["garbage"], tmp_path / "missing.mp4", tmp_path]
+    bad = [broken["empty"], broken["garbage"], broken["no_tracks"], tmp_path / "missing.mp4", tmp_path]
     code, out, err = cli(capsys, str(clips["video"]), *map(str, bad), "--model", str(tiny_bundle), "--json",
                          "--workers", "2")
     assert code == 2
