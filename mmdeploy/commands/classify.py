@@ -31,13 +31,17 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                                                                                 "(default: the model's window)."),
         hop: Optional[float] = typer.Option(None, "--hop", min=0.01, help="Timeline: step between windows, seconds "
                                                                           "(default: the window)."),
-        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores)."),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores "
+                                                                                   "when more than 8 files)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Classify at most N files."),
     ) -> None:
         """Classify video (or audio-only / video-only) files: label, score, top-k, each modality's opinion.
 
-        Results stream out as files finish (completion order). Bad files print `error: FILE: reason` on
-        stderr; the others are still classified, and the exit code is 2 if any file failed."""
+        A file is classified from its first model window. With --window/--hop: from every window (timeline).
+
+        Timeline output: one line per window as it is ready, then the file's result (mean of its windows).
+
+        A bad file prints `error: FILE: reason` on stderr; the others are still classified; exit code 2."""
         from mmdeploy.bundle import latest_bundle
         from mmdeploy.classify import (classify_files, classify_timeline, expand_paths, format_result,
                                        format_window)
