@@ -35,7 +35,6 @@ from mmdeploy.evaluate import predict, summarize
 from mmdeploy.recipe import Recipe, load_recipe
 
 CHECKPOINT = "checkpoint"
-HEADS_IN_LOSS = {"multiloss", "mlb"}  # the others leave the unimodal heads unused: DDP must look for them
 
 
 # ---- process and device ----------------------------------------------------------------------
@@ -193,7 +192,8 @@ class State:
 
 
 def save_checkpoint(run: Path, model, optimizer, method, state: State) -> None:
-    """RUN/checkpoint/{model,optimizer}.safetensors + state.json, swapped in whole (never half-written)."""
+    """RUN/checkpoint/{model,optimizer,method}.safetensors + state.json, swapped in whole (never
+    half-written). A method with running statistics exposes state_dict()/load_state_dict()."""
     from safetensors.torch import save_file
 
     tmp, final, old = run / (CHECKPOINT + ".tmp"), run / CHECKPOINT, run / (CHECKPOINT + ".old")
@@ -209,10 +209,12 @@ def save_checkpoint(run: Path, model, optimizer, method, state: State) -> None:
             else:
                 scalars[f"{idx}.{name}"] = value
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    method_state = method.state_dict() if hasattr(method, "state_dict") else {}
+    method_state = method.state_dict() if hasattr(method, "state_dict") else {}  # running stats (AGM, ...)
+    save_file({k: v.detach().cpu().contiguous() for k, v in method_state.items() if torch.is_tensor(v)},
+              str(tmp / "method.safetensors"))
     (tmp / "state.json").write_text(json.dumps({
         "state": asdict(state), "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "method": method_state}, indent=1) + "\n")
+        "method": {k: v for k, v in method_state.items() if not torch.is_tensor(v)}}, indent=1) + "\n")
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -238,8 +240,8 @@ def load_checkpoint(run: Path, model, optimizer, method, device) -> State:
         if "step" in per and torch.is_tensor(per["step"]):
             per["step"] = per["step"].cpu()
     optimizer.load_state_dict({"state": per_param, "param_groups": meta["optimizer"]["param_groups"]})
-    if meta.get("method") and hasattr(method, "load_state_dict"):
-        method.load_state_dict(meta["method"])
+    if hasattr(method, "load_state_dict"):
+        method.load_state_dict({**meta["method"], **load_file(str(path / "method.safetensors"), device=str(device))})
     return State(**meta["state"])
 
 
@@ -325,6 +327,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
         sets.append(f"train.seed={int(seed)}")
     rec = load_recipe(recipe, sets)
     cfg = rec.train
+    balancer = build_method(rec.method.name, **rec.method.params)  # parameter errors before any work
     device = pick_device(cfg.device)
     ctx = init_distributed(device)
     run = Path(out) if out else default_out(recipe, rec.method.name)
@@ -343,13 +346,12 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
 
     seed_everything(cfg.seed)
     model = build_model(rec.model.model_dump(), len(manifest.classes)).to(device)
-    balancer = build_method(rec.method.name, **rec.method.params)
     net = model
     if ctx.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=rec.method.name not in HEADS_IN_LOSS)
+                                      find_unused_parameters=not getattr(balancer, "trains_heads", False))
         balancer.reduce = all_reduce_mean
     optimizer = make_optimizer(model.parameters(), cfg.optimizer)
     total_steps = cfg.epochs * len(train_loader)

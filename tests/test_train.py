@@ -71,7 +71,8 @@ def test_run_writes_bundle_logs_plots_checkpoint(run):
     assert all(0 < s["k_audio"] < 2 and 0 < s["k_video"] < 2 for s in steps)
     for png in ("accuracy.png", "coefficients.png"):
         assert (run / "plots" / png).read_bytes()[:4] == b"\x89PNG"
-    assert {p.name for p in (run / "checkpoint").iterdir()} == {"model.safetensors", "optimizer.safetensors", "state.json"}
+    assert {p.name for p in (run / "checkpoint").iterdir()} == {"model.safetensors", "optimizer.safetensors",
+                                                               "method.safetensors", "state.json"}
     assert not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
 
 

@@ -20,7 +20,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed (overrides train.seed)."),
         set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.epochs=3 (repeatable)."),
         out: Optional[Path] = typer.Option(None, "--out",
-                                           help="Run folder [default: runs/<recipe>-<method>-<timestamp>]."),
+                                           help="Run folder (default: runs/RECIPE-METHOD-TIMESTAMP)."),
         resume: bool = typer.Option(False, "--resume", help="Continue RUN from its last epoch checkpoint."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
