@@ -28,12 +28,15 @@ def plot_accuracy(epochs: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_coefficients(steps: list[dict[str, Any]], path: str | Path) -> Path:
-    """Every logged coefficient k_* over training steps (rows of steps.jsonl); 1 = no modulation."""
+    """Every logged coefficient k_* over training steps (rows of steps.jsonl), raw and smoothed;
+    1 = no modulation."""
     plt, fig, ax = _figure()
     keys = sorted({k for row in steps for k in row if k.startswith("k_")})
-    for key in keys:
-        pts = [(row["step"], row[key]) for row in steps if key in row]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, linewidth=1)
+    for i, key in enumerate(keys):
+        x = [row["step"] for row in steps if key in row]
+        y = [row[key] for row in steps if key in row]
+        ax.plot(x, y, color=f"C{i}", linewidth=0.6, alpha=0.35)
+        ax.plot(x, _moving_mean(y, max(1, len(y) // 40)), color=f"C{i}", linewidth=2, label=key)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
     if not keys:
         ax.text(0.5, 0.5, "this method logs no coefficients", ha="center", transform=ax.transAxes)
@@ -42,6 +45,15 @@ def plot_coefficients(steps: list[dict[str, Any]], path: str | Path) -> Path:
     if keys:
         ax.legend()
     return _save(plt, fig, path)
+
+
+def _moving_mean(values: list[float], window: int) -> list[float]:
+    """Trailing mean over `window` steps (shorter at the start), so the trend shows through the noise."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def _save(plt, fig, path: str | Path) -> Path:
