@@ -376,6 +376,9 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
     progress.start(total_steps)
     try:
         for epoch in range(state.epochs_done, cfg.epochs):
+            if cfg.early_stop and state.bad_epochs >= cfg.early_stop:  # checked here so a resume obeys it too
+                progress.line(f"early stop: no validation improvement for {cfg.early_stop} epochs")
+                break
             started = time.perf_counter()
             seed_everything(epoch_seed(cfg.seed, epoch))
             shuffle_gen.manual_seed(epoch_seed(cfg.seed, epoch))
@@ -429,9 +432,6 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
                           f"{val['fused_acc']:.3f} audio {per['audio']:.3f} video {per['video']:.3f} "
                           f"{' '.join(f'k_{m}={v:.2f}' for m, v in k_means.items())} "
                           f"({record['time_s']:.1f}s){' *' if improved else ''}")
-            if cfg.early_stop and state.bad_epochs >= cfg.early_stop:
-                progress.line(f"early stop: no validation improvement for {cfg.early_stop} epochs")
-                break
     finally:
         progress.close()
     if ctx.main and epochs_log:
