@@ -71,12 +71,16 @@ def best_of(fn, repeats: int) -> float:
 
 
 def random_bundle(root: Path, spec_name: str) -> Path:
-    from mmdeploy.bundle import save_bundle
+    """Random ResNet18 x2 bundle, exported to ONNX (so `auto` picks ONNX Runtime, as after `make demo`)."""
+    from mmdeploy.bundle import load_bundle, save_bundle
+    from mmdeploy.export import export_onnx
     from mmdeploy.models import build_model, default_arch
     from mmdeploy.spec import preset
 
     classes = [f"class{i}" for i in range(6)]
-    return save_bundle(root / "run", build_model(default_arch(), len(classes)).eval(), classes, preset(spec_name))
+    run = save_bundle(root / "run", build_model(default_arch(), len(classes)).eval(), classes, preset(spec_name))
+    export_onnx(load_bundle(run))
+    return run
 
 
 def main() -> None:
@@ -90,22 +94,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    from mmdeploy.classify import classify_file, classify_files, classify_timeline, expand_paths
+    import torch
+
+    from mmdeploy.classify import classify_file, classify_files, classify_timeline, expand_paths, inference_threads
     from mmdeploy.runtime import load_predictor
 
     size = tuple(int(v) for v in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="bench_classify_"))
     try:
         run = args.model or random_bundle(tmp, args.spec)
-        predictor = load_predictor(run, args.backend)
+        threads = inference_threads()  # as `mmdeploy classify` does
+        torch.set_num_threads(threads)
+        predictor = load_predictor(run, args.backend, threads=threads)
         clip = write_clip(tmp / "clip3s.mp4", 3.0, 25, size)
         long = write_clip(tmp / "long.mp4", args.long_seconds, 25, size)
         folder = tmp / "folder"
         folder.mkdir()
         for i in range(args.folder_clips):
             shutil.copy(clip, folder / f"clip{i:03d}.mp4")
-        print(f"machine: {os.cpu_count()}-core CPU, backend {predictor.backend}, spec window "
-              f"{predictor.spec.window_seconds}s, frames {predictor.spec.frames_shape}, video {args.size}\n")
+        print(f"machine: {os.cpu_count()}-core CPU (load average {os.getloadavg()[0]:.1f} at start), backend "
+              f"{predictor.backend} ({threads} inference threads), spec window {predictor.spec.window_seconds}s, frames "
+              f"{predictor.spec.frames_shape}, video {args.size} 25 fps\n")
 
         # 1. one 3-s clip
         classify_file(clip, predictor)  # warm-up
@@ -144,6 +153,7 @@ def main() -> None:
             n = sum(1 for r in classify_files(paths, predictor, workers=workers) if "error" not in r)
             wall = time.perf_counter() - t0
             print(f"| workers={workers} ({n} ok) | {wall:.2f} | {n / wall:.1f} |")
+        print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

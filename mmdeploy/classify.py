@@ -43,6 +43,12 @@ BATCH = 16
 POOL_MIN_FILES = 8  # starting worker processes costs ~2 s (torch + PyAV imports); fewer files run here
 
 
+def inference_threads() -> int:
+    """Threads for inference here: one core is left to decoding (the timeline's decode thread or the
+    worker processes); intra-op threads that share a core with the decoder spin and slow both down."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 # ---- which files ---------------------------------------------------------------------------
 def expand_paths(args: Iterable[str], limit: int | None = None) -> tuple[list[Path], list[MediaError]]:
     """Paths, globs and folders (recursive, media extensions only) -> (files, errors), files in

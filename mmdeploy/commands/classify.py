@@ -42,13 +42,18 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         Timeline output: one line per window as it is ready, then the file's result (mean of its windows).
 
         A bad file prints `error: FILE: reason` on stderr; the others are still classified; exit code 2."""
+        import torch
+
         from mmdeploy.bundle import latest_bundle
         from mmdeploy.classify import (classify_files, classify_timeline, expand_paths, format_result,
-                                       format_window)
+                                       format_window, inference_threads)
         from mmdeploy.errors import MediaError
         from mmdeploy.runtime import load_predictor
 
-        predictor = load_predictor(model if model is not None else latest_bundle("runs"), backend.value)
+        threads = inference_threads()
+        torch.set_num_threads(threads)
+        predictor = load_predictor(model if model is not None else latest_bundle("runs"), backend.value,
+                                   threads=threads)
         paths, errors = expand_paths(files, limit)
         failed = bool(errors)
         for err in errors:
