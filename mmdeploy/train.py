@@ -415,7 +415,11 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
                 state.bad_epochs += 1
             k_means = {key[2:]: float(np.mean([r[key] for r in rows if key in r]))
                        for key in sorted({k for r in rows for k in r if k.startswith("k_")})}
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": hits / seen,
+            totals = torch.tensor([sum(losses), len(losses), hits, seen], dtype=torch.float64, device=device)
+            if ctx.world > 1:  # train loss and accuracy over all ranks' batches
+                dist.all_reduce(totals)
+            record = {"epoch": epoch + 1, "train_loss": (totals[0] / totals[1]).item(),
+                      "train_acc": (totals[2] / totals[3]).item(),
                       "val": val, "k": k_means, "lr": lr, "time_s": round(time.perf_counter() - started, 3),
                       "best": improved}
             if ctx.main:
