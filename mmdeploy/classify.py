@@ -157,19 +157,18 @@ def infer(items: list[dict[str, Any]], predictor) -> list[dict[str, np.ndarray]]
 
 
 def describe(probs: dict[str, np.ndarray], classes: list[str], top_k: int) -> dict[str, Any]:
-    """Probabilities -> label, score, probs, top_k, modalities, per_modality (with agreement)."""
-    fused = probs["fused"] / probs["fused"].sum()
+    """Probabilities -> label, score, probs, top_k, modalities, per_modality (with agreement); 6 decimals."""
+    fused = np.round(probs["fused"] / probs["fused"].sum(), 6)
     best = int(np.argmax(fused))
     order = np.argsort(-fused, kind="stable")[:top_k]
     modalities = [m for m in ("audio", "video") if m in probs]
     per_modality = {}
     for m in modalities:
-        p = probs[m] / probs[m].sum()
+        p = np.round(probs[m] / probs[m].sum(), 6)
         k = int(np.argmax(p))
         per_modality[m] = {"label": classes[k], "score": float(p[k]), "agrees": k == best,
-                           "probs": {c: float(v) for c, v in zip(classes, p)}}
-    return {"label": classes[best], "score": float(fused[best]),
-            "probs": {c: float(v) for c, v in zip(classes, fused)},
+                           "probs": dict(zip(classes, p.tolist()))}
+    return {"label": classes[best], "score": float(fused[best]), "probs": dict(zip(classes, fused.tolist())),
             "top_k": [{"label": classes[i], "score": float(fused[i])} for i in order],
             "modalities": modalities, "per_modality": per_modality}
 
