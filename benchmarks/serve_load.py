@@ -35,7 +35,7 @@ DEFAULT_CLIP = REPO.parent / "shared" / "media" / "cremad_1001_DFA_ANG_XX.flv"
 
 @contextlib.contextmanager
 def service(model: Path, backend: str, batching: bool, api_workers: int, log: Path):
-    """`mmdeploy serve` on a free loopback port -> (base URL, process group id); stopped on exit."""
+    """`mmdeploy serve` on a free loopback port -> (base URL, server pid); stopped on exit."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -55,12 +55,19 @@ def service(model: Path, backend: str, batching: bool, api_workers: int, log: Pa
             time.sleep(0.5)
         yield url, proc.pid
     finally:
+        import psutil
+
+        workers = []  # BentoML starts each worker in a process group of its own
+        with contextlib.suppress(psutil.Error):
+            workers = psutil.Process(proc.pid).children(recursive=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        for worker in psutil.wait_procs(workers, timeout=10)[1]:
+            worker.kill()
 
 
 def _ready(url: str) -> bool:
@@ -126,20 +133,22 @@ def offline_rate(model: Path, backend: str, clip: Path, files: int) -> float:
     return (len(times) - 1 - half) / (times[-1] - times[half])
 
 
-def rss_mb(pgid: int) -> float:
+def rss_mb(pid: int) -> float:
+    """Resident memory of the service: the server process and all its workers."""
     import psutil
 
     total = 0
-    for p in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid:
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
     return total / 2**20
 
 
-def soak(url: str, pgid: int, data: bytes, name: str, concurrency: int, seconds: float, every: float) -> None:
+def soak(url: str, pid: int, data: bytes, name: str, concurrency: int, seconds: float, every: float) -> None:
     print(f"| t (s) | requests | errors | RSS (MB) |\n|---|---|---|---|")
-    print(f"| 0 | 0 | 0 | {rss_mb(pgid):.0f} |")
+    print(f"| 0 | 0 | 0 | {rss_mb(pid):.0f} |")
     done = errors = 0
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
@@ -147,7 +156,7 @@ def soak(url: str, pgid: int, data: bytes, name: str, concurrency: int, seconds:
         r = load(url, data, name, concurrency, requests=10**9, max_seconds=step)
         done += r["n"]
         errors += r["errors"]
-        print(f"| {time.monotonic() - start:.0f} | {done} | {errors} | {rss_mb(pgid):.0f} |", flush=True)
+        print(f"| {time.monotonic() - start:.0f} | {done} | {errors} | {rss_mb(pid):.0f} |", flush=True)
 
 
 def main() -> None:
@@ -169,9 +178,9 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, logs in {log_dir}")
 
     if args.soak is not None:
-        with service(args.model, args.backend, True, args.api_workers, log_dir / "soak.log") as (url, pgid):
+        with service(args.model, args.backend, True, args.api_workers, log_dir / "soak.log") as (url, pid):
             load(url, data, name, 2, 4, 60)  # warm
-            soak(url, pgid, data, name, levels[-1], args.soak, args.every)
+            soak(url, pid, data, name, levels[-1], args.soak, args.every)
         return
 
     ceiling = offline_rate(args.model, args.backend, args.clip, args.requests)

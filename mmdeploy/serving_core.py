@@ -133,20 +133,25 @@ class RemotePredictor:
     """A Predictor whose `predict` calls the batchable model service from a worker thread.
 
     `call` is the model service's async `predict`; `loop` is the API server's event loop, where the call
-    runs; `deadline` (loop.time()) stops a timed-out request at its next model call."""
+    runs; `deadline` (loop.time()) stops a timed-out request at its next model call; a call unanswered
+    after `timeout_s` is abandoned."""
 
-    def __init__(self, info: dict[str, Any], call, loop: asyncio.AbstractEventLoop, deadline: float | None = None):
+    def __init__(self, info: dict[str, Any], call, loop: asyncio.AbstractEventLoop, deadline: float | None = None,
+                 timeout_s: float = 60.0):
         self.backend = info["backend"]
         self.classes = list(info["classes"])
         self.spec = ClipSpec.from_dict(info["spec"])
-        self._call, self._loop, self._deadline = call, loop, deadline
+        self._call, self._loop, self._deadline, self._timeout_s = call, loop, deadline, timeout_s
 
     def predict(self, audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
         if self._deadline is not None and self._loop.time() > self._deadline:
             raise TimeoutError("request timed out before its model call")
-        windows = pack(audio, video)
+        future = asyncio.run_coroutine_threadsafe(self._call_once_more(pack(audio, video)), self._loop)
         try:
-            out = asyncio.run_coroutine_threadsafe(self._call_once_more(windows), self._loop).result()
+            out = future.result(timeout=self._timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise ModelCallError(f"no answer from the model service in {self._timeout_s:g} s") from None
         except Exception as exc:
             raise ModelCallError(f"model service call failed ({type(exc).__name__}: {exc})") from exc
         out = np.asarray(out, np.float32)

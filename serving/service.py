@@ -70,7 +70,7 @@ class AVClassifier:
     async def predictor(self, deadline: float | None) -> core.RemotePredictor:
         await self.__is_ready__()
         return core.RemotePredictor(self.model_info, self.model.to_async.predict, asyncio.get_running_loop(),
-                                    deadline)
+                                    deadline, SETTINGS.decode_timeout_s)
 
     @bentoml.api(route="/classify")
     async def classify(self, video: Path, ctx: bentoml.Context) -> dict:
