@@ -243,18 +243,15 @@ def classify_timeline(path: str | Path, predictor, window: float | None = None, 
     totals = {"decode": 0.0, "features": 0.0, "infer": 0.0}
     sums: dict[str, np.ndarray] = {}
     try:
-        done = False
-        while not done:
+        finished, failure = False, None
+        while not finished:
             batch = [feed.get()]
             while len(batch) < batch_size and not feed.empty():
                 batch.append(feed.get_nowait())
-            if isinstance(batch[-1], MmdeployError):
-                raise batch[-1]
-            if batch[-1] is None:
-                done = True
-                batch.pop()
+            if not isinstance(batch[-1], dict):  # None: the end; an exception: the producer failed
+                finished, failure = True, batch.pop()
             if not batch:
-                break
+                continue
             t0 = time.perf_counter()
             probs = infer(batch, predictor)
             totals["infer"] += (time.perf_counter() - t0) * 1e3
@@ -267,6 +264,8 @@ def classify_timeline(path: str | Path, predictor, window: float | None = None, 
                 row = {"start": item["start"], "end": item["end"], "label": d["label"], "score": d["score"]}
                 windows.append(row)
                 yield {"file": path, **row, "probs": d["probs"], "modalities": d["modalities"]}
+        if failure is not None:
+            raise failure
     finally:
         stop.set()
     if not windows:
@@ -277,7 +276,7 @@ def classify_timeline(path: str | Path, predictor, window: float | None = None, 
 
 def _produce(path: str, spec: ClipSpec, window: float, hop: float, feed: queue.Queue,
              stop: threading.Event) -> None:
-    """Decode windows as a stream and compute their features; put dicts, then None (or the error)."""
+    """Decode windows as a stream and compute their features; put dicts, then None (or the exception)."""
     from mmdeploy.media import iter_windows
 
     def put(item) -> bool:
@@ -305,7 +304,7 @@ def _produce(path: str, spec: ClipSpec, window: float, hop: float, feed: queue.Q
             if not put(item):
                 return
         put(None)
-    except MmdeployError as exc:
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it (never a silent hang)
         put(exc)
 
 

@@ -285,6 +285,25 @@ def test_truncated_faststart_is_result_or_clean_error(broken, predictor):
         assert exc.path == str(broken["cut_faststart"])
 
 
+def test_timeline_failure_mid_stream_keeps_earlier_windows(clips, predictor, monkeypatch):
+    """A decoder failure after some windows: those windows come out, then the error (never a hang)."""
+    import mmdeploy.media
+
+    real = mmdeploy.media.iter_windows
+
+    def two_then_fail(*args, **kwargs):
+        windows = real(*args, **kwargs)
+        yield next(windows)
+        yield next(windows)
+        raise MediaError(args[0], "damaged packet at 4.0s")
+
+    monkeypatch.setattr(mmdeploy.media, "iter_windows", two_then_fail)
+    rows = classify_timeline(clips["long"], predictor, window=2.0, hop=2.0, batch_size=1)
+    assert [next(rows)["start"], next(rows)["start"]] == [0.0, 2.0]
+    with pytest.raises(MediaError, match="damaged packet"):
+        next(rows)
+
+
 def test_timeline_bad_file_raises_media_error(broken, predictor):
     with pytest.raises(MediaError):
         list(classify_timeline(broken["garbage"], predictor))
