@@ -40,7 +40,7 @@ MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .ts .mts .3gp .wmv .ogv "
     ".wav .mp3 .flac .ogg .opus .m4a .aac .wma".split())
 BATCH = 16
-POOL_MIN_FILES = 8  # starting worker processes costs ~2 s (torch + PyAV imports); fewer files run here
+POOL_MIN_FILES = 16  # starting the worker pool costs 2-5 s (torch + PyAV imports); fewer files run here
 
 
 def inference_threads() -> int:

@@ -32,7 +32,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         hop: Optional[float] = typer.Option(None, "--hop", min=0.01, help="Timeline: step between windows, seconds "
                                                                           "(default: the window)."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores "
-                                                                                   "when more than 8 files)."),
+                                                                                   "when more than 16 files)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Classify at most N files."),
     ) -> None:
         """Classify video (or audio-only / video-only) files: label, score, top-k, each modality's opinion.
