@@ -114,3 +114,20 @@ def test_warm_cache_fills_entries_and_reports_bad_files(tmp_path, tiny_spec, cli
     cache = FeatureCache(tmp_path / "cache", tiny_spec)
     assert all(cache.has(it) for it in clips[:2])
     assert warm_cache(clips[:2], tiny_spec, tmp_path / "cache", workers=workers) == []
+
+
+def test_cli_cache_counts_cached_and_skipped_clips(tmp_path, clips, monkeypatch, capsys):
+    import sys
+
+    from mmdeploy import cli
+    from mmdeploy.data.manifest import write_manifest
+
+    manifest = write_manifest(tmp_path / "m.csv", clips[:2] + [Item(str(tmp_path / "gone.mp4"), clips[0].label,
+                                                                     "test")])
+    monkeypatch.setattr(sys, "argv", ["mmdeploy", "data", "cache", str(manifest), "--cache", str(tmp_path / "c"),
+                                      "--workers", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out = capsys.readouterr()
+    assert exit_.value.code == 0
+    assert "2 of 3 clips cached" in out.out and "gone.mp4" in out.err

@@ -1,24 +1,28 @@
 """A synthetic audio-video dataset that reproduces modality imbalance, written as real H.264 + AAC .mp4.
 
-Each class is a pair (sound, shape). Sound: a tone pattern over white noise (hum, whistle, rising or
-falling sweep, beeps, warble, ...), a few random distractor blips, frequency jitter +-8 %, SNR
--6..+6 dB. Shape: one filled outline (circle, square, triangle, plus, ring, diamond, ...) of random
-colour and size (radius 7-12 px at 64 px) drifting across the frame over a random colour gradient,
-with thin clutter lines (some drawn over the shape), moving dots and per-pixel noise (sigma 0.05-0.15).
-Colour, position and motion carry no label information; only the shape does.
+Every clip: 2 s, 64x64 px H.264 (yuv420p) at 12 fps + 16 kHz mono AAC, one track each.
+Each class is a pair (sound, shape):
+- Sound (easy cue): a tone pattern (hum 220 Hz, whistle 2.4 kHz, rising or falling sweep, 4 Hz beeps,
+  warble, trill, chirps, high 5 kHz, buzz, pings, two-tone chord), frequencies jittered +-8 %, random
+  phase and timing, 0-3 label-free blips at random pitches, white noise at an SNR of -6..+6 dB. It is
+  a bright line in a log-mel spectrogram: learnt in 2-3 epochs.
+- Shape (slow cue): one bright shape (circle, square, triangle, plus, ring, diamond, frame, cross,
+  bar, moon; radius 8-13 px, random near-white tint) drifting in a straight line over a darker random
+  colour gradient, with 2-4 darker clutter lines (half of them drawn over the shape), 4-9 moving
+  coloured dots and per-pixel Gaussian noise (sigma 0.03-0.10). Colour, position and motion carry no
+  label information; only the outline does, and a CNN needs many more epochs (and overfits) to learn it.
+Classes come in pairs (2k, 2k+1): even pairs share the sound and differ only by shape (only video
+separates them), odd pairs share the shape and differ only by sound (only audio separates them).
+With 8 classes that is 6 sounds and 6 shapes, so audio alone and video alone each top out at 75 %
+and only a model that fuses both can go beyond. Because the audio cue is learnt first, plain joint
+training fits the training set from audio (plus memorised video) and under-trains the video encoder:
+the modality imbalance that MLB corrects.
 
-Classes come in pairs (2k, 2k+1). Even pairs share the sound and differ only by shape (only video
-separates them); odd pairs share the shape and differ only by sound (only audio separates them).
-With 8 classes that is 6 sounds and 6 shapes, so audio alone and video alone each top out near
-75 % and a model must fuse both to go beyond. The sound is easy (a bright line in a log-mel
-spectrogram, learnt in a few epochs); the shape under clutter and noise is learnt much later. Plain
-joint training therefore fits the audio cue first and under-trains the video encoder: the
-modality imbalance that MLB corrects.
-
-Knobs of `generate`: clips (total, spread evenly over classes), seed (everything, bit-for-bit:
-pixels, samples, labels, splits), classes (2-12), size (frame px), fps, seconds, sample_rate,
-workers (process pool). Splits: 70/15/15 per class, stratified, every split non-empty when
-clips >= 3 x classes... (small sets give val/test one clip per class where possible).
+Knobs of `generate`: clips (total, spread evenly over classes), seed (determines everything: pixels,
+samples, labels, splits), classes (2-12), size (frame px), fps, seconds, sample_rate, workers (process
+pool). Difficulty lives in the module constants below (AUDIO_SNR_DB, VIDEO_NOISE, CLUTTER_*,
+SHAPE_RADIUS, DARK/BRIGHT). Splits: 70/15/15 per class (stratified); leftover val/test clips go round
+the classes, so even tiny sets (3 clips per class) get all three splits.
 """
 from __future__ import annotations
 
@@ -36,10 +40,10 @@ from mmdeploy.errors import ConfigError
 SOUNDS = ("hum", "whistle", "rise", "fall", "beep", "warble", "trill", "chirps", "high", "buzz", "ping", "duo")
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "bar", "moon")
 AUDIO_SNR_DB = (-6.0, 6.0)
-VIDEO_NOISE = (0.05, 0.15)
-CLUTTER_LINES = (3, 7)
+VIDEO_NOISE = (0.03, 0.10)
+CLUTTER_LINES = (2, 5)
 CLUTTER_DOTS = (4, 10)
-SHAPE_RADIUS = (7.0, 12.0)
+SHAPE_RADIUS = (8.0, 13.0)
 DARK, BRIGHT = 0.55, 0.75  # background and clutter colours stay below DARK, the shape above BRIGHT
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 
