@@ -189,31 +189,54 @@ def classify_file(path: str | Path, predictor, top_k: int = 5) -> dict[str, Any]
 
 
 def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | None = None,
-                   batch_size: int = BATCH) -> Iterator[dict[str, Any]]:
+                   batch_size: int = BATCH, job=file_job) -> Iterator[dict[str, Any]]:
     """Many files -> results (or {"file", "error"}) in completion order. Decoding and features run in
     `workers` processes (default: all cores, or this process for up to POOL_MIN_FILES files); whatever
-    is ready is classified as one batch."""
+    is ready is classified as one batch. `job(path, spec)` is the per-file worker function.
+    A worker that dies (a decoder crash) costs only its file: the files it may have held are retried
+    one per fresh worker, and the one that crashes again is reported as an error."""
     if workers is None:
         workers = (os.cpu_count() or 1) if len(paths) > POOL_MIN_FILES else 1
     workers = min(workers, len(paths))
     if workers <= 1:
         for path in paths:
-            job = file_job(str(path), predictor.spec)
-            yield job if "error" in job else _finish([job], predictor, top_k)[0]
+            result = job(str(path), predictor.spec)
+            yield result if "error" in result else _finish([result], predictor, top_k)[0]
         return
-    todo = [str(p) for p in paths]
-    todo.reverse()
+    todo = [str(p) for p in reversed(paths)]
+    while todo:
+        suspects = yield from _pool_pass(todo, predictor, top_k, workers, batch_size, job)
+        for path in suspects:
+            if (yield from _pool_pass([path], predictor, top_k, 1, batch_size, job)):
+                yield {"file": path, "error": "the decoder crashed on this file (its worker process died)"}
+
+
+def _pool_pass(todo: list[str], predictor, top_k: int, workers: int, batch_size: int, job):
+    """Run `todo` (a stack, consumed) through one worker pool, yielding results; returns the paths in
+    flight if a worker died (the pool is then unusable), else []."""
+    from concurrent.futures.process import BrokenProcessPool
+
     with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init) as pool:
-        pending = set()
+        pending: dict[Any, str] = {}
         while todo or pending:
             while todo and len(pending) < 2 * workers:  # bounded: results wait here, not in memory
-                pending.add(pool.submit(file_job, todo.pop(), predictor.spec))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            jobs = [f.result() for f in done]
+                path = todo.pop()
+                pending[pool.submit(job, path, predictor.spec)] = path
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            jobs, lost = [], []
+            for future in done:
+                path = pending.pop(future)
+                try:
+                    jobs.append(future.result())
+                except BrokenProcessPool:
+                    lost.append(path)
             yield from (j for j in jobs if "error" in j)
             ready = [j for j in jobs if "error" not in j]
             for i in range(0, len(ready), batch_size):
                 yield from _finish(ready[i:i + batch_size], predictor, top_k)
+            if lost:
+                return [*lost, *pending.values()]
+    return []
 
 
 def _finish(jobs: list[dict[str, Any]], predictor, top_k: int) -> list[dict[str, Any]]:

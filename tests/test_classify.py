@@ -3,6 +3,7 @@ memory, missing-modality fallback, the same tensors as training, clean errors an
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 import sys
 from unittest import mock
@@ -134,6 +135,24 @@ def test_worker_processes_equal_in_process(media_dir, media_results, predictor, 
         alone = media_results.get(path.name) or classify_file(path, predictor)
         assert results[str(path)]["probs"] == pytest.approx(alone["probs"], abs=1e-5)
         assert results[str(path)]["modalities"] == alone["modalities"]
+
+
+def crash_on_named_file(path: str, spec):
+    """Worker job that kills its process for files named *crash*, as a decoder segfault would."""
+    if "crash" in Path(path).name:
+        os._exit(3)
+    return file_job(path, spec)
+
+
+def test_worker_crash_costs_only_its_file(clips, predictor, tmp_path):
+    crash = tmp_path / "crash.mp4"
+    crash.write_bytes(clips["av"].read_bytes())
+    paths = [clips["av"], crash, clips["audio"], clips["video"], clips["long"]]
+    results = {Path(r["file"]).name: r for r in classify_files(paths, predictor, workers=2,
+                                                               job=crash_on_named_file)}
+    assert len(results) == len(paths)
+    assert "crashed" in results.pop("crash.mp4")["error"]
+    assert all("error" not in r for r in results.values())
 
 
 def test_silent_audio_track_is_still_audio(media_results):
