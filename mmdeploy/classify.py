@@ -6,16 +6,20 @@ One result per file (a dict, printed as one JSON line by `mmdeploy classify --js
     per_modality{audio|video: {label, score, agrees, probs}}, backend, timings_ms{decode, features, infer}
     + windows[{start, end, label, score}]   (timeline only)
 
-A bad file gives {"file": ..., "error": reason} instead; callers print it and carry on.
+A bad file gives {"file": ..., "error": reason} instead; callers print it and carry on. timings_ms.infer
+is the file's share of its batch.
 
 Without a window, a file is classified from its first `spec.window_seconds` (the window training uses:
 `features.file_features(path, spec)`). Many files: decoding and features run in worker processes
 (forkserver-safe top-level jobs, each computing features with the bundle's spec); inference runs in batches
-here; results come out in completion order. Timeline: `media.iter_windows` streams consecutive windows
-in a thread, features are computed as they arrive, and windows are classified in batches; memory is
-bounded by a small queue, whatever the file length. The timeline yields one dict per window
-({file, start, end, label, score, probs, modalities}) as soon as its batch is done, then the file's
-result, whose label is the argmax of the mean window probabilities.
+here; results come out in completion order.
+
+Timeline: `media.iter_windows` streams consecutive windows in a thread, features are computed as they
+arrive, and windows are classified in batches while the next ones decode; memory is bounded by a small
+queue, whatever the file length. It yields one dict per window ({file, start, end, label, score, probs,
+modalities}) as soon as its batch is done, then the file's result: the mean of the window probabilities,
+`modalities` = every modality some window used. A window longer than the model's has its frames spread
+over it and its audio cut to the model's length (features.fit_length); a shorter one is tiled or padded.
 
 Missing modality: the predictor always gets both inputs (zeros for an absent one); the answer is the
 present modality's own head and `modalities` says which one was used. A silent audio track is audio.
