@@ -57,6 +57,9 @@ class AVClassifier:
     model = bentoml.depends(AVModel)
 
     def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # features run in many decode threads at once; one OpenMP thread each
         self.pool = core.DecodePool(SETTINGS.decode_threads, SETTINGS.decode_timeout_s)
         self.model_info: dict | None = None
 
