@@ -351,3 +351,16 @@ def test_pack_round_trip_and_width_check(tiny_spec):
     assert np.array_equal(a, audio) and np.array_equal(v, video)
     with pytest.raises(ValueError, match="expected"):
         unpack(pack(audio, video)[:, 1:], tiny_spec)
+
+
+def test_settings_come_from_env_and_bad_values_name_the_variable(monkeypatch):
+    from mmdeploy.errors import ConfigError
+    from mmdeploy.serving_core import Settings
+
+    monkeypatch.setenv("MMDEPLOY_MAX_UPLOAD_MB", "0.5")
+    monkeypatch.setenv("MMDEPLOY_BATCHING", "off")
+    settings = Settings.from_env()
+    assert settings.max_upload_bytes == 1 << 19 and settings.batching is False
+    monkeypatch.setenv("MMDEPLOY_MAX_BATCH", "many")
+    with pytest.raises(ConfigError, match="MMDEPLOY_MAX_BATCH='many'"):
+        Settings.from_env()
