@@ -102,7 +102,7 @@ def test_sound_peaks_at_its_class_frequency_under_noise(sound, hz):
         assert 0.9 * hz < peak < 1.1 * hz
 
 
-def test_video_shape_is_the_only_bright_object():
+def test_video_shape_is_bright_over_darker_clutter_and_moves():
     video = render_video("square", 6, 64, np.random.default_rng(0))
     assert video.dtype == np.uint8 and video.shape == (6, 64, 64, 3)
     bright = (video.astype(np.float32) / 255).min(axis=-1) > 0.7  # noise blurs DARK / BRIGHT a little

@@ -59,8 +59,8 @@ class AVDataset(Dataset):
     def _augment(self, audio: torch.Tensor, video: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
         gen = torch.Generator().manual_seed(int(state))
-        if torch.rand((), generator=gen) < 0.5:
-            video = video.flip(-1)
+        if torch.rand((), generator=gen) < 0.5:  # numpy: torch.flip goes multi-threaded at this size
+            video = torch.from_numpy(np.ascontiguousarray(video.numpy()[..., ::-1]))
         reach = int(audio.shape[-1] * MAX_SHIFT)
         shift = int(torch.randint(-reach, reach + 1, (), generator=gen))
         return audio.roll(shift, dims=-1), video
