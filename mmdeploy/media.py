@@ -22,6 +22,7 @@ Rules, in one place:
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import os
@@ -34,6 +35,11 @@ import numpy as np
 
 from mmdeploy.errors import MediaError
 from mmdeploy.spec import ClipSpec
+
+# Decoding can leave PyAV objects in reference cycles that own ffmpeg threads; a forked child (a
+# DataLoader worker, a fork-based pool) that garbage-collects them waits forever for threads it does
+# not have. So every fork of a process that imported this module first collects them in the parent.
+os.register_at_fork(before=gc.collect)
 
 OPEN_TIMEOUT = (10.0, 10.0)  # seconds: av.open's (open, read) timeouts
 _PACKETS_PER_SECOND = 1000   # no real stream needs more packets per second of media

@@ -9,7 +9,6 @@ file has; an absent modality has no .npy. Arrays are plain .npy (no pickle), rea
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -75,7 +74,6 @@ class FeatureCache:
     def _compute(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         from mmdeploy import features
 
-        _collect_before_fork()
         return features.file_features(item.path, self.spec, start=item.start, end=item.end,
                                       audio_path=item.audio_path)
 
@@ -105,19 +103,6 @@ class FeatureCache:
             os.rename(tmp, entry)
         except OSError:  # another worker finished the same entry first; theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-_fork_hook = False
-
-
-def _collect_before_fork() -> None:
-    """Decoding can leave PyAV objects in reference cycles that own ffmpeg threads; if a forked child
-    (a DataLoader worker) garbage-collects them it waits forever for threads it does not have. So
-    once this process decodes, every fork first collects them here, in the parent."""
-    global _fork_hook
-    if not _fork_hook:
-        os.register_at_fork(before=gc.collect)
-        _fork_hook = True
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
