@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,14 @@ def tiny_bundle(tmp_path_factory, tiny_spec) -> Path:
     run = tmp_path_factory.mktemp("tiny_run")
     save_bundle(run, model, classes, tiny_spec, method={"name": "mlb", "alpha": 0.8})
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tiny_bundle, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the tiny bundle exported once per session (ONNX + parity.json) and the export summary.
+    Shared by the export, runtime, TensorRT and serving tests: read it, copy it to change it."""
+    from mmdeploy.export import export
+
+    run = tmp_path_factory.mktemp("tiny_exported") / "run"
+    shutil.copytree(tiny_bundle, run)
+    return run, export(run)

@@ -17,22 +17,9 @@ from mmdeploy.errors import ConfigError, MmdeployError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def export_once(tiny_bundle: Path, tmp_path_factory) -> tuple[Path, dict]:
-    """A copy of the tiny bundle exported once per session (ONNX + parity.json); test_runtime shares it.
-    Tests only read it (copy it to change it)."""
-    from mmdeploy.export import export
-
-    run = tmp_path_factory.getbasetemp() / "tiny-exported"
-    summary_path = tmp_path_factory.getbasetemp() / "tiny-exported.json"
-    if not summary_path.is_file():
-        shutil.copytree(tiny_bundle, run)
-        summary_path.write_text(json.dumps(export(run)))
-    return run, json.loads(summary_path.read_text())
-
-
 @pytest.fixture(scope="module")
-def exported(tiny_bundle, tmp_path_factory):
-    return export_once(tiny_bundle, tmp_path_factory)
+def exported(tiny_exported):
+    return tiny_exported
 
 
 def test_onnx_is_one_checked_file_with_dynamic_batch(exported):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from mmdeploy.errors import BackendUnavailable
-from tests.test_export import _main, export_once
+from tests.test_export import _main
 
 CLASSES = ["alpha", "beta", "gamma", "delta"]
 GPU_BACKENDS = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "torch-cuda")
 
 
 @pytest.fixture(scope="module")
-def run(tiny_bundle, tmp_path_factory):
-    return export_once(tiny_bundle, tmp_path_factory)[0]
+def run(tiny_exported):
+    return tiny_exported[0]
 
 
 @pytest.fixture

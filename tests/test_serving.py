@@ -81,11 +81,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def served_run(tiny_bundle, tmp_path_factory) -> Path:
+def served_run(tiny_exported) -> Path:
     """The tiny bundle exported to ONNX, shared with the export and runtime tests (exported once)."""
-    from tests.test_export import export_once
-
-    return export_once(tiny_bundle, tmp_path_factory)[0]
+    return tiny_exported[0]
 
 
 _SHARED: dict[str, str] = {}

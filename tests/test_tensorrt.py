@@ -150,7 +150,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed (pip install tensorrt --extra-index-url "
                                          "https://pypi.nvidia.com on a CUDA machine)")
-def test_real_engine_build_and_parity(tiny_bundle, tmp_path_factory):
+def test_real_engine_build_and_parity(tiny_exported):
     import torch
 
     if not torch.cuda.is_available():
@@ -158,9 +158,7 @@ def test_real_engine_build_and_parity(tiny_bundle, tmp_path_factory):
     from mmdeploy.bundle import load_bundle
     from mmdeploy.export import example_inputs, torch_logits
     from mmdeploy.runtime.trt_backend import TensorRTPredictor
-    from tests.test_export import export_once
-
-    run = export_once(tiny_bundle, tmp_path_factory)[0]
+    run = tiny_exported[0]
     bundle = load_bundle(run)
     profile = {"min": 1, "opt": 4, "max": 8}
     for precision, tol in (("fp32", 1e-3), ("fp16", 5e-2)):
