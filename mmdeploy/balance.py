@@ -315,6 +315,13 @@ class AGM(Joint, EpochWindow):
         self.running: torch.Tensor | None = None
         self.steps = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Running mean losses and their step count, for an exact --resume (tensors + plain values)."""
+        return {"steps": self.steps, **({"running": self.running} if self.running is not None else {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.running = int(state.get("steps", 0)), state.get("running")
+
     def forward(self, model: nn.Module, audio: torch.Tensor | None, video: torch.Tensor | None) -> Outputs:
         outputs = model(audio, video)
         if audio is None or video is None:
@@ -376,6 +383,12 @@ class EpochStats:
         self.sums = values.clone() if self.sums is None else self.sums + values
         return closed
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats.epoch": self.epoch, **({"stats.sums": self.sums} if self.sums is not None else {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.sums = state.get("stats.epoch"), state.get("stats.sums")
+
 
 class MSLR(PartialLogits):
     """Modality-specific learning rates as run in the MLB paper's code: loss CE(fused); every
@@ -400,6 +413,21 @@ class MSLR(PartialLogits):
         self.stats = EpochStats()
         self.history: list[torch.Tensor] = []
         self.rho: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """This epoch's sums, past epoch accuracies and the current rho, for an exact --resume."""
+        state = self.stats.state_dict()
+        if self.history:
+            state["history"] = torch.stack(self.history)
+        if self.rho is not None:
+            state["rho"] = self.rho
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state)
+        history = state.get("history")
+        self.history = [] if history is None else list(history.unbind(0))
+        self.rho = state.get("rho")
 
     def after_backward(self, model: nn.Module, outputs: Outputs, labels: torch.Tensor, epoch: int) -> dict[str, float]:
         if "partial" not in outputs:
@@ -445,6 +473,14 @@ class PMR(Joint, EpochWindow):
         self.stats = EpochStats()
         self.prototypes: dict[str, torch.Tensor] = {}
         self.last: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """This epoch's feature sums and the class prototypes, for an exact --resume."""
+        return {**self.stats.state_dict(), **{f"prototypes.{m}": p for m, p in self.prototypes.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state)
+        self.prototypes = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("prototypes.")}
 
     def forward(self, model: nn.Module, audio: torch.Tensor | None, video: torch.Tensor | None) -> Outputs:
         return model(audio, video, with_features=True)
