@@ -87,3 +87,17 @@ def test_cli_exit_code_2(args, needle, monkeypatch, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "training" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_loads_and_builds(path):
+    """Each recipe in training/recipes validates, names a valid ClipSpec, and its method and model build
+    (the datasets themselves are not here, so files are not checked)."""
+    from mmdeploy.balance import build_method
+    from mmdeploy.models import build_model
+
+    recipe = load_recipe(path, check_files=False)
+    spec = recipe.data.clip_spec()
+    assert spec.spectrogram_shape[1] > 0 and spec.frames > 0
+    build_method(recipe.method.name, **recipe.method.params)
+    build_model(recipe.model.model_dump(), 6)
