@@ -17,6 +17,18 @@ TINY_ARCH = {"audio": {"type": "resnet", "width": 8, "layers": [1, 1, 1, 1]},
              "fusion": {"type": "late"}}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is much faster than two fighting for a core.
+    Use per module with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     """../shared/media beside the clone (CI lays it there). Never copied into the repository."""

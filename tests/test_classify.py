@@ -17,6 +17,8 @@ from mmdeploy.classify import classify_file, classify_files, classify_timeline, 
 from mmdeploy.errors import MediaError
 from mmdeploy.media import probe
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 NO_AUDIO = {"screencast_vp8_noaudio.webm", "bbb_h264_100subtitle_tracks_noaudio.mp4"}
 AUDIO_ONLY = {"espeak_en_speech.wav"}
@@ -60,17 +62,6 @@ def write_clip(path: Path, seconds: float, *, fps: int = 10, size: tuple[int, in
                 out.mux(as_.encode(frame))
             out.mux(as_.encode(None))
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is ~50x faster than two fighting for a core."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,11 @@ from safetensors.torch import load_file
 from mmdeploy import train as training
 from mmdeploy.train import learning_rate, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {"audio": {"type": "resnet", "width": 4, "layers": [1, 1, 1, 1]},
         "video": {"type": "resnet", "width": 4, "layers": [1, 1, 1, 1]},
         "fusion": {"type": "late"}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
