@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -55,19 +54,9 @@ def service(model: Path, backend: str, batching: bool, api_workers: int, log: Pa
             time.sleep(0.5)
         yield url, proc.pid
     finally:
-        import psutil
+        from mmdeploy.serving_core import stop_server
 
-        workers = []  # BentoML starts each worker in a process group of its own
-        with contextlib.suppress(psutil.Error):
-            workers = psutil.Process(proc.pid).children(recursive=True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for worker in psutil.wait_procs(workers, timeout=10)[1]:
-            worker.kill()
+        stop_server(proc, timeout=30)
 
 
 def _ready(url: str) -> bool:
@@ -147,7 +136,7 @@ def rss_mb(pid: int) -> float:
 
 
 def soak(url: str, pid: int, data: bytes, name: str, concurrency: int, seconds: float, every: float) -> None:
-    print(f"| t (s) | requests | errors | RSS (MB) |\n|---|---|---|---|")
+    print("| t (s) | requests | errors | RSS (MB) |\n|---|---|---|---|")
     print(f"| 0 | 0 | 0 | {rss_mb(pid):.0f} |")
     done = errors = 0
     start = time.monotonic()

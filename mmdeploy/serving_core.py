@@ -360,3 +360,27 @@ async def _reply(send, status: int, message: str) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": payload})
+
+
+def stop_server(proc, timeout: float = 20.0) -> None:
+    """Stop a server started with `start_new_session=True` (tests, benchmarks): SIGTERM to its process
+    group (BentoML then stops its workers); after `timeout` s, SIGKILL to the group and to any worker left
+    (BentoML starts each worker in a process group of its own, so the group signal alone misses them)."""
+    import contextlib
+    import signal
+    import subprocess
+
+    import psutil  # a BentoML dependency
+
+    workers = []
+    with contextlib.suppress(psutil.Error):
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for worker in psutil.wait_procs(workers, timeout=10)[1]:
+        worker.kill()

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mmdeploy.serving_core import stop_server
 
 httpx = pytest.importorskip("httpx")
 
@@ -60,24 +61,6 @@ def running_server(run: Path, tmp: Path, **env: str):
     finally:
         stop_server(proc)
 
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (BentoML then stops its workers); SIGKILL to the group and to
-    any worker left (BentoML starts each worker in a process group of its own) if that takes too long."""
-    import psutil
-
-    workers = []
-    with contextlib.suppress(psutil.Error):
-        workers = psutil.Process(proc.pid).children(recursive=True)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    for worker in psutil.wait_procs(workers, timeout=10)[1]:
-        worker.kill()
 
 
 @pytest.fixture(scope="session")
