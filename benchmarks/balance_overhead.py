@@ -116,7 +116,7 @@ def main() -> None:
     for method, (t, after) in medians.items():
         print(f"| {method} | {t * 1e3:.2f} | {t / base:.3f}x | {after * 1e3:.3f} | {after / base:.2%} |")
 
-    print(f"\n| batch | ours (us) | per-sample loop (us) | speed-up |\n|---:|---:|---:|---:|")
+    print("\n| batch | ours (us) | per-sample loop (us) | speed-up |\n|---:|---:|---:|---:|")
     for b in (32, 64, 128, 256):
         torch.manual_seed(b)
         logits = [torch.randn(b, args.classes, device=device) for _ in range(2)]

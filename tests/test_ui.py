@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serving import served_run, shared_server  # noqa: F401  (served_run is a fixture)
+from tests.test_serving import shared_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="session")
-def page_url(served_run, tmp_path_factory, request):  # noqa: F811
-    return shared_server(served_run, tmp_path_factory, request) + "/ui/"
+def page_url(tiny_exported, tmp_path_factory, request):
+    return shared_server(tiny_exported[0], tmp_path_factory, request) + "/ui/"
 
 
 @pytest.fixture(scope="module")
