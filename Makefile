@@ -1,19 +1,41 @@
 # Two commands: `make demo` (the main job end to end on synthetic data) and `make test`.
+# Every install is made from uv.lock (`make lock` is the only thing that changes it); uv itself is
+# bootstrapped from PyPI into .uv/ at one pinned version.
 PYTHON ?= python3
 VENV ?= .venv
+UV_VERSION ?= 0.13.9
+UV := .uv/bin/uv
 PY := $(VENV)/bin/python
 MM := $(VENV)/bin/mmdeploy
 RUN ?= runs/demo
+EXTRAS ?= --extra cpu --extra dev
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test browser clean
+.PHONY: install lock lock-check requirements demo test browser clean
 
-$(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+$(UV):
+	@test -x $(UV) || { $(PYTHON) -m venv .uv && .uv/bin/pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"; }
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen $(EXTRAS)
 	@touch $@
 
 install: $(VENV)/.installed
+
+# The only way the lock changes: re-resolve to the newest releases inside pyproject's bounds, then export
+# the serving set (the Bento's requirements) from it. Commit both files.
+lock: | $(UV)
+	$(UV) lock --upgrade $(LOCK_ARGS)
+	$(MAKE) requirements
+
+requirements: | $(UV)
+	$(UV) export --frozen --quiet --no-hashes --no-emit-project --extra cpu --no-header -o serving/requirements.txt
+
+# CI: pyproject and the lock must agree, and the Bento's requirements must be the lock's.
+lock-check: | $(UV)
+	@$(UV) lock --check || { echo "error: uv.lock does not match pyproject.toml; run 'make lock' and commit uv.lock"; exit 1; }
+	@$(UV) export --frozen --quiet --no-hashes --no-emit-project --extra cpu --no-header | cmp -s - serving/requirements.txt \
+	  || { echo "error: serving/requirements.txt differs from uv.lock; run 'make requirements' and commit it"; exit 1; }
 
 # Headless Chromium for the /ui browser test (Debian's package; playwright drives it, never downloads one).
 browser:
@@ -24,13 +46,13 @@ browser:
 	  else echo "note: chromium missing and not root; the browser test will be skipped"; fi; }
 
 demo: install
-	$(MM) train training/recipes/synth-cpu.yaml --out $(RUN)
+	$(MM) train synth-cpu --out $(RUN)
 	$(MM) eval $(RUN)
 	$(MM) export $(RUN) --onnx
 	$(MM) classify data/synth/clips --model $(RUN) --limit 3
 
-test: install browser
+test: lock-check install browser
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .uv runs .pytest_cache

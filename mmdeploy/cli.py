@@ -13,10 +13,27 @@ import typer
 from mmdeploy.commands import classify, data, export, index, media, serve, train
 from mmdeploy.errors import MmdeployError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, context_settings=CONTEXT,
                   help="Train balanced audio-video classifiers, export them, classify video files.")
-data_app = typer.Typer(no_args_is_help=True, help="Make datasets: synthetic clips, manifests of raw layouts.")
+data_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, help="Make datasets: synthetic clips, manifests of raw layouts.")
 app.add_typer(data_app, name="data")
+
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mmdeploy import __version__
+
+        typer.echo(f"mmdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Train balanced audio-video classifiers, export them, classify video files."""
+
 
 for module in (media, data, index, train, export, classify, serve):
     module.register(app, data_app)

@@ -31,7 +31,6 @@ from mmdeploy.spec import ClipSpec
 
 ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
-TARGETS_DIR = Path(__file__).resolve().parents[1] / "export"
 BENTO_MODEL = "av-classifier"
 
 
@@ -63,13 +62,13 @@ def load_target(name_or_path: str | Path) -> Target:
     """Read and validate export/NAME.yaml (or any YAML path); unknown keys raise ConfigError."""
     import yaml
 
+    from mmdeploy import assets
+
     path = Path(name_or_path)
-    if not path.suffix:
-        path = TARGETS_DIR / f"{path.name}.yaml"
-    if not path.is_file() and (TARGETS_DIR / path.name).is_file() and path.parent.name == "export":
-        path = TARGETS_DIR / path.name  # `--target export/NAME.yaml` from outside the repository root
+    if not path.is_file():  # a shipped target by name: `onnx-cpu`, or `export/onnx-cpu.yaml` from anywhere
+        path = assets.by_name("export", path.name if path.parent.name == "export" else path) or path
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in TARGETS_DIR.glob("*.yaml")))
+        known = ", ".join(assets.names("export"))
         raise ConfigError(f"{path}: no such deploy target; use one of {known} or a YAML path")
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -161,9 +161,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _read(path: str | Path) -> dict[str, Any]:
+    from mmdeploy import assets
+
     path = Path(path)
+    if not path.is_file():  # a shipped recipe by name: `synth-cpu`, or `training/recipes/synth-cpu.yaml` anywhere
+        path = assets.by_name("recipes", path.name if path.parent.name == "recipes" else path) or path
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe not found; expected a YAML file such as training/recipes/synth-cpu.yaml")
+        raise ConfigError(f"{path}: recipe not found; give a YAML path or a shipped recipe name "
+                          f"({', '.join(assets.names('recipes'))})")
     try:
         raw = parse_yaml(path.read_text())
     except ValueError as exc:
