@@ -27,8 +27,9 @@ SETTINGS = core.Settings.from_env()
 class AVModel:
     """The model (bundle from MMDEPLOY_MODEL, else the BentoML store), loaded and warmed before ready."""
 
-    if not SETTINGS.model:
-        bento_model = bentoml.models.BentoModel(SETTINGS.tag)
+    # Always declared, so `bentoml build` always packs the store model (MMDEPLOY_MODEL only overrides at serve
+    # time); resolved lazily, so serving a run folder needs no store model.
+    bento_model = bentoml.models.BentoModel(SETTINGS.tag)
 
     def __init__(self) -> None:
         from mmdeploy.runtime import load_predictor
