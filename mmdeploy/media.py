@@ -22,7 +22,9 @@ Rules, in one place:
 """
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import itertools
 import math
 import os
@@ -102,6 +104,37 @@ class Clip:
 
 
 # ---- public functions ----------------------------------------------------------------------------
+def _boundary(fn):
+    """The one error boundary of this module: whatever a public function (or, for a generator, its
+    iteration) raises from PyAV or on hostile bytes (IndexError from av/container/streams.py, ValueError,
+    MemoryError, ...) leaves as MediaError naming the file. MediaError passes through unchanged."""
+    def reason(exc: Exception) -> str:
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"cannot decode ({type(exc).__name__}{': ' + text if text else ''}); damaged or unsupported file"
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(path, *args, **kwargs):
+            try:
+                yield from fn(path, *args, **kwargs)
+            except MediaError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                raise MediaError(path, reason(exc)) from exc
+        return stream
+
+    @functools.wraps(fn)
+    def call(path, *args, **kwargs):
+        try:
+            return fn(path, *args, **kwargs)
+        except MediaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            raise MediaError(path, reason(exc)) from exc
+    return call
+
+
+@_boundary
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Tracks and duration from the container headers only (no frame is decoded)."""
     with _Source(path) as src:
@@ -112,6 +145,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         return MediaInfo(str(path), duration, _audio_info(audio), _video_info(path, src.container, video))
 
 
+@_boundary
 def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, end: float | None = None,
                   audio_path: str | os.PathLike | None = None) -> Clip:
     """Decode [start, start + window) of `path` (shorter if `end` or the file ends first).
@@ -151,6 +185,7 @@ def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, e
     return clip
 
 
+@_boundary
 def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None = None,
                  hop: float | None = None) -> Iterator[Clip]:
     """Consecutive windows over the whole file in one streaming pass per track (bounded memory).
