@@ -9,6 +9,16 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+
+def pytest_sessionstart(session):
+    """Fail fast on a broken environment: one line per package that does not load or breaks its pin, instead
+    of dozens of failures deep inside training and serving (mmdeploy/environment.py)."""
+    from mmdeploy.environment import problems
+
+    broken = problems()
+    if broken:
+        pytest.exit("broken environment:\n" + "\n".join(broken), returncode=3)
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 

@@ -52,12 +52,19 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     @app.command()
     def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
         """Which runtime backends and execution providers are usable here, versions, GPU, and why not."""
+        from mmdeploy.environment import problems
         from mmdeploy.runtime import doctor as report
 
-        info = report()
+        broken = problems()  # first: a package that does not load would make the report below fail
+        if broken and not as_json:
+            for line in broken:
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2)
+        info = {"environment": broken, **report()}
         if as_json:
             typer.echo(json.dumps(info, indent=2))
-            return
+            raise typer.Exit(2 if broken else 0)
+        typer.echo("environment  ok: every package and native extension loads and matches the pins")
         typer.echo("versions  " + "  ".join(f"{k} {v or '-'}" for k, v in info["versions"].items()))
         gpu = info["gpu"]
         typer.echo(f"gpu       {gpu['name'] or 'none'} (torch CUDA build {gpu['torch_cuda_build'] or '-'})")
