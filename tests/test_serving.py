@@ -282,26 +282,6 @@ def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
         assert re.fullmatch(r"error: .*(no such bundle|mmdeploy export RUN --bento).*\n", r.stderr), r.stderr
 
 
-def test_bentoml_build_packs_service_library_and_stored_model(served_run, tmp_path):
-    """`bentoml build -f serving/bentofile.yaml .` (the README's command) on a model put in a fresh store."""
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
-    env.pop("MMDEPLOY_MODEL", None)
-    store = ("from mmdeploy.bundle import load_bundle; from mmdeploy.export import save_to_bentoml; "
-             f"b = load_bundle({str(served_run)!r}); print(save_to_bentoml(b, b.export_dir / 'model.onnx'))")
-    model_tag = subprocess.run([sys.executable, "-c", store], env=env, capture_output=True, text=True,
-                               check=True, timeout=120).stdout.strip()
-    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", ".", "-o", "tag"],
-                           cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-2000:]
-    name, version = re.search(r"av-classifier:(\w+)", built.stdout).group(0).split(":")
-    bento = tmp_path / "bentoml" / "bentos" / name / version
-    for path in ("src/serving/service.py", "src/serving/ui/index.html", "src/mmdeploy/serving_core.py",
-                 "src/mmdeploy/classify.py"):
-        assert (bento / path).is_file(), path
-    assert f"tag: {model_tag}" in (bento / "bento.yaml").read_text()  # the stored model travels with the Bento
-
-
 # ---- pieces without a server ------------------------------------------------------------------------
 def test_decode_timeout_becomes_422_and_the_pool_keeps_working():
     import asyncio
