@@ -2,21 +2,24 @@
 
 One result per file (a dict, printed as one JSON line by `mmdeploy classify --json`):
 
-    file, label, score, probs{class: p}, top_k[{label, score}], modalities[used],
+    file, window{start, end}, label, score, probs{class: p}, top_k[{label, score}], modalities[used],
     per_modality{audio|video: {label, score, agrees, probs}}, backend, timings_ms{decode, features, infer}
     + windows[{start, end, label, score}]   (timeline only)
 
+`window` is the part of the file that was classified, in seconds from its start (a 30-s file without
+--window: {0, 2} for a 2-s model; a timeline: first window's start to last window's end).
 A bad file gives {"file": ..., "error": reason} instead; callers print it and carry on. timings_ms.infer
 is the file's share of its batch.
 
 Without a window, a file is classified from its first `spec.window_seconds` (the window training uses:
-`features.file_features(path, spec)`). Many files: decoding and features run in worker processes
-(forkserver-safe top-level jobs, each computing features with the bundle's spec); inference runs in batches
-here; results come out in completion order.
+`features.file_features(path, spec)`). Decoding is untrusted work: by default it runs in worker processes
+(`mmdeploy.isolate`), so a decoder crash or hang costs only that file: one file or many, timelines too
+(`isolated=False` decodes here, for tests and trusted data). Many files: jobs spread over the workers;
+inference runs in batches here; results come out in completion order.
 
-Timeline: `media.iter_windows` streams consecutive windows in a thread, features are computed as they
-arrive, and windows are classified in batches while the next ones decode; memory is bounded by a small
-queue, whatever the file length. It yields one dict per window ({file, start, end, label, score, probs,
+Timeline: a worker streams consecutive windows' features (`window_jobs`) through a pipe that a thread
+here drains into a small queue; windows are classified in batches while the next ones decode; memory is
+bounded by that queue, whatever the file length. It yields one dict per window ({file, start, end, label, score, probs,
 modalities}) as soon as its batch is done, then the file's result: the mean of the window probabilities,
 `modalities` = every modality some window used. A window longer than the model's has its frames spread
 over it and its audio cut to the model's length (features.fit_length); a shorter one is tiled or padded.
@@ -31,13 +34,13 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from mmdeploy.errors import MediaError, MmdeployError
+from mmdeploy.isolate import DECODE_TIMEOUT_S
 from mmdeploy.spec import ClipSpec
 
 MEDIA_EXTENSIONS = frozenset(
@@ -98,40 +101,36 @@ def file_job(path: str, spec: ClipSpec) -> dict[str, Any]:
 
     try:
         t0 = time.perf_counter()
-        clip = _guard(path, lambda: decode_window(path, spec))
+        clip = decode_window(path, spec)
         t1 = time.perf_counter()
         audio, video = clip_features(clip, spec)
         t2 = time.perf_counter()
     except MmdeployError as exc:
         return error_result(path, exc)
-    return {"file": path, "audio": audio, "video": video,
+    return {"file": path, "audio": audio, "video": video, "window": clip_window(clip),
             "timings_ms": {"decode": (t1 - t0) * 1e3, "features": (t2 - t1) * 1e3}}
 
 
-def _guard(path: str, decode):
-    """Run a decode call; decoder errors that escape media.py become MediaError."""
-    import av
-
-    try:
-        return decode()
-    except (av.FFmpegError, OSError, EOFError) as exc:
-        raise MediaError(path, f"cannot decode ({exc})") from None
+def clip_window(clip) -> dict[str, float]:
+    """{start, end}: the seconds of the file a clip covers."""
+    return {"start": round(float(clip.start), 6), "end": round(float(clip.start) + float(clip.seconds), 6)}
 
 
-def _context():
-    """forkserver with torch, PyAV and the feature code preloaded: each worker forks from a process that
-    imported them once (spawn would import torch per worker; fork is unsafe after torch threads start)."""
-    import multiprocessing
+def window_jobs(path: str, spec: ClipSpec, window: float | None = None,
+                hop: float | None = None) -> Iterator[dict[str, Any]]:
+    """Timeline job: consecutive windows -> {audio, video, start, end, decode, features} (ms), streamed."""
+    from mmdeploy.media import iter_windows
 
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["mmdeploy.classify", "mmdeploy.features", "mmdeploy.media", "av"])
-    return ctx
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    clips = iter_windows(path, spec, window=window, hop=hop)
+    while True:
+        t0 = time.perf_counter()
+        clip = next(clips, None)
+        if clip is None:
+            return
+        t1 = time.perf_counter()
+        audio, video = clip_features(clip, spec)
+        yield {"audio": audio, "video": video, **clip_window(clip),
+               "decode": (t1 - t0) * 1e3, "features": (time.perf_counter() - t1) * 1e3}
 
 
 def error_result(path: str | Path, exc: Exception) -> dict[str, str]:
@@ -178,69 +177,58 @@ def describe(probs: dict[str, np.ndarray], classes: list[str], top_k: int) -> di
 
 
 def make_result(path: str, probs: dict[str, np.ndarray], predictor, timings: dict[str, float],
-                top_k: int) -> dict[str, Any]:
-    return {"file": str(path), **describe(probs, list(predictor.classes), top_k), "backend": predictor.backend,
+                top_k: int, window: dict[str, float] | None = None) -> dict[str, Any]:
+    """The result dict; `window` ({start, end} seconds classified) comes right after `file`."""
+    head = {"file": str(path), **({"window": window} if window is not None else {})}
+    return {**head, **describe(probs, list(predictor.classes), top_k), "backend": predictor.backend,
             "timings_ms": {k: round(timings.get(k, 0.0), 3) for k in ("decode", "features", "infer")}}
 
 
 # ---- one file, many files -------------------------------------------------------------------
-def classify_file(path: str | Path, predictor, top_k: int = 5) -> dict[str, Any]:
-    """One file (its first spec window) -> the result dict. Raises MediaError for a bad file."""
-    job = file_job(str(path), predictor.spec)
-    if "error" in job:
-        raise MediaError(path, job["error"])
+def classify_file(path: str | Path, predictor, top_k: int = 5, timeout: float | None = DECODE_TIMEOUT_S,
+                  isolated: bool = True) -> dict[str, Any]:
+    """One file (its first spec window) -> the result dict. Raises MediaError for a bad file, and for a
+    decoder crash or a decode longer than `timeout` s (isolated: decoded in a worker process)."""
+    if isolated:
+        from mmdeploy.isolate import decode_isolated
+
+        job = decode_isolated(path, predictor.spec, timeout)
+    else:
+        job = file_job(str(path), predictor.spec)
+        if "error" in job:
+            raise MediaError(path, job["error"])
     return _finish([job], predictor, top_k)[0]
 
 
 def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | None = None,
-                   batch_size: int = BATCH, job=file_job) -> Iterator[dict[str, Any]]:
+                   batch_size: int = BATCH, job=file_job, timeout: float | None = DECODE_TIMEOUT_S,
+                   isolated: bool = True) -> Iterator[dict[str, Any]]:
     """Many files -> results (or {"file", "error"}) in completion order. Decoding and features run in
-    `workers` processes (default: all cores, or this process for up to POOL_MIN_FILES files); whatever
-    is ready is classified as one batch. `job(path, spec)` is the per-file worker function.
-    A worker that dies (a decoder crash) costs only its file: the files it may have held are retried
-    one per fresh worker, and the one that crashes again is reported as an error."""
+    `workers` worker processes (default: all cores when more than POOL_MIN_FILES files, else one);
+    whatever is ready is classified as one batch. `job(path, spec)` is the per-file worker function.
+    A worker that crashes or passes `timeout` s on a file costs only that file (an error result) and is
+    replaced. `isolated=False` runs the jobs here, one by one."""
     if workers is None:
         workers = (os.cpu_count() or 1) if len(paths) > POOL_MIN_FILES else 1
-    workers = min(workers, len(paths))
-    if workers <= 1:
+    workers = max(1, min(workers, len(paths)))
+    if not isolated:
         for path in paths:
             result = job(str(path), predictor.spec)
             yield result if "error" in result else _finish([result], predictor, top_k)[0]
         return
-    todo = [str(p) for p in reversed(paths)]
-    while todo:
-        suspects = yield from _pool_pass(todo, predictor, top_k, workers, batch_size, job)
-        for path in suspects:
-            if (yield from _pool_pass([path], predictor, top_k, 1, batch_size, job)):
-                yield {"file": path, "error": "the decoder crashed on this file (its worker process died)"}
+    from mmdeploy.isolate import run_jobs
 
-
-def _pool_pass(todo: list[str], predictor, top_k: int, workers: int, batch_size: int, job):
-    """Run `todo` (a stack, consumed) through one worker pool, yielding results; returns the paths in
-    flight if a worker died (the pool is then unusable), else []."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init) as pool:
-        pending: dict[Any, str] = {}
-        while todo or pending:
-            while todo and len(pending) < 2 * workers:  # bounded: results wait here, not in memory
-                path = todo.pop()
-                pending[pool.submit(job, path, predictor.spec)] = path
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            jobs, lost = [], []
-            for future in done:
-                path = pending.pop(future)
-                try:
-                    jobs.append(future.result())
-                except BrokenProcessPool:
-                    lost.append(path)
-            yield from (j for j in jobs if "error" in j)
-            ready = [j for j in jobs if "error" not in j]
-            for i in range(0, len(ready), batch_size):
-                yield from _finish(ready[i:i + batch_size], predictor, top_k)
-            if lost:
-                return [*lost, *pending.values()]
-    return []
+    for answers in run_jobs(job, [(str(p), predictor.spec) for p in paths], workers, timeout):
+        ready = []
+        for (path, _), ok, value in answers:
+            if not ok:
+                yield {"file": path, "error": value}
+            elif "error" in value:
+                yield value
+            else:
+                ready.append(value)
+        for i in range(0, len(ready), batch_size):
+            yield from _finish(ready[i:i + batch_size], predictor, top_k)
 
 
 def _finish(jobs: list[dict[str, Any]], predictor, top_k: int) -> list[dict[str, Any]]:
@@ -248,23 +236,32 @@ def _finish(jobs: list[dict[str, Any]], predictor, top_k: int) -> list[dict[str,
     t0 = time.perf_counter()
     probs = infer(jobs, predictor)
     share = (time.perf_counter() - t0) * 1e3 / len(jobs)
-    return [make_result(j["file"], p, predictor, {**j["timings_ms"], "infer": share}, top_k)
+    return [make_result(j["file"], p, predictor, {**j["timings_ms"], "infer": share}, top_k, j.get("window"))
             for j, p in zip(jobs, probs)]
 
 
 # ---- timeline -------------------------------------------------------------------------------
 def classify_timeline(path: str | Path, predictor, window: float | None = None, hop: float | None = None,
-                      top_k: int = 5, batch_size: int = BATCH) -> Iterator[dict[str, Any]]:
+                      top_k: int = 5, batch_size: int = BATCH, timeout: float | None = DECODE_TIMEOUT_S,
+                      isolated: bool = True) -> Iterator[dict[str, Any]]:
     """Consecutive windows of one file -> one dict per window as its batch is done, then the file's
-    result with `windows`. Raises MediaError for a bad file (before or during streaming)."""
+    result with `windows`. Raises MediaError for a bad file (before or during streaming), a decoder crash
+    or a window that takes longer than `timeout` s to decode (isolated: in a worker process, which is
+    killed as soon as this generator is closed)."""
     path = str(path)
     spec = predictor.spec
     window = window or spec.window_seconds
     hop = hop or window
     classes = list(predictor.classes)
+    if isolated:
+        from mmdeploy.isolate import iter_isolated
+
+        source = iter_isolated(path, spec, window, hop, timeout)
+    else:
+        source = window_jobs(path, spec, window, hop)
     feed: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(path, spec, window, hop, feed, stop), daemon=True)
+    producer = threading.Thread(target=_produce, args=(source, feed, stop), daemon=True)
     producer.start()
     windows: list[dict[str, Any]] = []
     totals = {"decode": 0.0, "features": 0.0, "infer": 0.0}
@@ -295,17 +292,18 @@ def classify_timeline(path: str | Path, predictor, window: float | None = None, 
             raise failure
     finally:
         stop.set()
+        close = getattr(source, "close", None)
+        if close is not None and isolated:  # kills the worker now, even while the producer waits on it
+            close()
     if not windows:
         raise MediaError(path, "no window could be decoded")
-    result = make_result(path, {k: v / len(windows) for k, v in sums.items()}, predictor, totals, top_k)
+    result = make_result(path, {k: v / len(windows) for k, v in sums.items()}, predictor, totals, top_k,
+                         window={"start": windows[0]["start"], "end": windows[-1]["end"]})
     yield {**result, "windows": windows}
 
 
-def _produce(path: str, spec: ClipSpec, window: float, hop: float, feed: queue.Queue,
-             stop: threading.Event) -> None:
-    """Decode windows as a stream and compute their features; put dicts, then None (or the exception)."""
-    from mmdeploy.media import iter_windows
-
+def _produce(source: Iterator[dict[str, Any]], feed: queue.Queue, stop: threading.Event) -> None:
+    """Move window items from `source` to `feed`; then None (or the exception). Stops when `stop` is set."""
     def put(item) -> bool:
         while not stop.is_set():
             try:
@@ -316,18 +314,7 @@ def _produce(path: str, spec: ClipSpec, window: float, hop: float, feed: queue.Q
         return False
 
     try:
-        clips = _guard(path, lambda: iter_windows(path, spec, window=window, hop=hop))
-        while True:
-            t0 = time.perf_counter()
-            clip = _guard(path, lambda: next(clips, None))
-            if clip is None:
-                break
-            t1 = time.perf_counter()
-            audio, video = clip_features(clip, spec)
-            t2 = time.perf_counter()
-            item = {"audio": audio, "video": video, "start": round(float(clip.start), 6),
-                    "end": round(float(clip.start) + float(clip.seconds), 6),
-                    "decode": (t1 - t0) * 1e3, "features": (t2 - t1) * 1e3}
+        for item in source:
             if not put(item):
                 return
         put(None)
@@ -338,8 +325,10 @@ def _produce(path: str, spec: ClipSpec, window: float, hop: float, feed: queue.Q
 # ---- text output ----------------------------------------------------------------------------
 def format_result(result: dict[str, Any]) -> str:
     """A result dict -> a few readable lines (label, top-k, each modality's opinion, timings)."""
+    w = result.get("window")
+    span = f"  window {w['start']:.2f}-{w['end']:.2f}s" if w else ""
     lines = [f"{result['file']}: {result['label']} {result['score']:.3f}  "
-             f"[{'+'.join(result['modalities'])}, {result['backend']}]",
+             f"[{'+'.join(result['modalities'])}, {result['backend']}]{span}",
              "  top: " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"])]
     for m, v in result["per_modality"].items():
         lines.append(f"  {m}: {v['label']} {v['score']:.3f} ({'agrees' if v['agrees'] else 'disagrees'})")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 import tracemalloc
 import sys
 from unittest import mock
@@ -81,8 +83,10 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 def check_schema(result: dict, classes: list[str]) -> None:
-    keys = {"file", "label", "score", "probs", "top_k", "modalities", "per_modality", "backend", "timings_ms"}
+    keys = {"file", "window", "label", "score", "probs", "top_k", "modalities", "per_modality", "backend",
+            "timings_ms"}
     assert keys <= set(result), set(result) ^ keys
+    assert 0 <= result["window"]["start"] < result["window"]["end"]
     assert list(result["probs"]) == classes and result["label"] in classes
     assert sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-5)
     assert result["score"] == max(result["probs"].values()) == result["probs"][result["label"]]
@@ -129,9 +133,16 @@ def test_worker_processes_equal_in_process(media_dir, media_results, predictor, 
 
 
 def crash_on_named_file(path: str, spec):
-    """Worker job that kills its process for files named *crash*, as a decoder segfault would."""
+    """Worker job that kills its process with SIGSEGV for files named *crash*, as a decoder segfault does."""
     if "crash" in Path(path).name:
-        os._exit(3)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return file_job(path, spec)
+
+
+def sleep_on_named_file(path: str, spec):
+    """Worker job that hangs for files named *hang*."""
+    if "hang" in Path(path).name:
+        time.sleep(60)
     return file_job(path, spec)
 
 
@@ -142,8 +153,20 @@ def test_worker_crash_costs_only_its_file(clips, predictor, tmp_path):
     results = {Path(r["file"]).name: r for r in classify_files(paths, predictor, workers=2,
                                                                job=crash_on_named_file)}
     assert len(results) == len(paths)
-    assert "crashed" in results.pop("crash.mp4")["error"]
+    assert "the decoder crashed (signal 11, SIGSEGV)" in results.pop("crash.mp4")["error"]
     assert all("error" not in r for r in results.values())
+
+
+def test_worker_hang_costs_only_its_file(clips, predictor, tmp_path):
+    hang = tmp_path / "hang.mp4"
+    hang.write_bytes(clips["av"].read_bytes())
+    paths = [hang, clips["av"], clips["audio"]]
+    t0 = time.monotonic()
+    results = {Path(r["file"]).name: r for r in classify_files(paths, predictor, workers=2, timeout=3,
+                                                               job=sleep_on_named_file)}
+    assert time.monotonic() - t0 < 30
+    assert results.pop("hang.mp4")["error"].startswith("decoding took longer than 3 s")
+    assert sorted(results) == ["audio_only.mp4", "av.mp4"] and all("error" not in r for r in results.values())
 
 
 def test_silent_audio_track_is_still_audio(media_results):
@@ -307,8 +330,8 @@ def test_timeline_failure_mid_stream_keeps_earlier_windows(clips, predictor, mon
         yield next(windows)
         raise MediaError(args[0], "damaged packet at 4.0s")
 
-    monkeypatch.setattr(mmdeploy.media, "iter_windows", two_then_fail)
-    rows = classify_timeline(clips["long"], predictor, window=2.0, hop=2.0, batch_size=1)
+    monkeypatch.setattr(mmdeploy.media, "iter_windows", two_then_fail)  # here: not in a worker process
+    rows = classify_timeline(clips["long"], predictor, window=2.0, hop=2.0, batch_size=1, isolated=False)
     assert [next(rows)["start"], next(rows)["start"]] == [0.0, 2.0]
     with pytest.raises(MediaError, match="damaged packet"):
         next(rows)
@@ -347,8 +370,12 @@ def test_cli_mixed_good_and_bad_exit_2(capsys, clips, broken, tiny_bundle, tmp_p
     code, out, err = cli(capsys, str(clips["video"]), *map(str, bad), "--model", str(tiny_bundle), "--json",
                          "--workers", "2")
     assert code == 2
-    (good,) = map(json.loads, out.splitlines())
+    rows = list(map(json.loads, out.splitlines()))
+    (good,) = [r for r in rows if "error" not in r]
     assert good["modalities"] == ["video"]
+    failed = [r for r in rows if "error" in r]
+    assert sorted(r["file"] for r in failed) == sorted(map(str, bad))  # every input once on stdout
+    assert all(set(r) == {"file", "error"} and r["error"] for r in failed)
     lines = err.splitlines()
     assert "Traceback" not in err and len(lines) == len(bad)
     for path in bad:
@@ -388,3 +415,94 @@ def test_cli_without_model_says_how_to_make_one(capsys, clips, tmp_path, monkeyp
     code, _, err = cli(capsys, str(clips["av"]))
     assert code == 2 and "Traceback" not in err
     assert err.startswith("error: runs: no model bundle found") and "mmdeploy train" in err
+
+
+def test_cli_window_note_and_window_field(capsys, clips, tiny_bundle, predictor):
+    trained = predictor.spec.window_seconds
+    code, out, err = cli(capsys, str(clips["long"]), "--model", str(tiny_bundle), "--json", "--window",
+                         str(trained + 1), "--hop", "3")
+    assert code == 0 and err.count("\n") == 1 and err.startswith(f"note: --window {trained + 1:g}s differs")
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["window"] == {"start": 0.0, "end": summary["windows"][-1]["end"]}
+    code, out, err = cli(capsys, str(clips["long"]), "--model", str(tiny_bundle), "--json", "--window",
+                         str(trained))
+    assert code == 0 and err == ""
+    code, out, _ = cli(capsys, str(clips["long"]), "--model", str(tiny_bundle))
+    assert f"window 0.00-{trained:.2f}s" in out.splitlines()[0]
+
+
+def test_window_field_says_what_was_classified(clips, predictor, tmp_path):
+    """A 7-s file without --window: its first model window, not the whole file; a clip shorter than the
+    window: all of it."""
+    assert classify_file(clips["long"], predictor)["window"] == {"start": 0.0, "end": predictor.spec.window_seconds}
+    short = write_clip(tmp_path / "short.mp4", predictor.spec.window_seconds / 2)
+    assert classify_file(short, predictor)["window"] == pytest.approx(
+        {"start": 0.0, "end": predictor.spec.window_seconds / 2}, abs=0.05)
+
+
+# ---- untrusted files: errors from inside PyAV, decoder crashes, hangs ---------------------------------
+@pytest.mark.parametrize("call", ["probe", "decode_window", "iter_windows"])
+def test_any_exception_from_pyav_becomes_media_error(clips, predictor, monkeypatch, call):
+    """The issue's IndexError from av/container/streams.py (reached from media.py) leaves every public
+    media function as MediaError naming the file, never as a traceback."""
+    import mmdeploy.media as media
+
+    def broken(container, kind):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(media, "_pick", broken)
+    fn = {"probe": lambda p: media.probe(p), "decode_window": lambda p: media.decode_window(p, predictor.spec),
+          "iter_windows": lambda p: list(media.iter_windows(p, predictor.spec))}[call]
+    with pytest.raises(MediaError) as info:
+        fn(clips["av"])
+    assert info.value.path == str(clips["av"]) and "IndexError: list index out of range" in info.value.reason
+
+
+@pytest.fixture(scope="module")
+def segfault_file(tmp_path_factory) -> Path:
+    """A file that really crashes FFmpeg (SIGSEGV) when decoded: the issue's recipe, seeded."""
+    import runpy
+
+    fuzz = runpy.run_path(str(REPO / "benchmarks" / "fuzz_corpus.py"))
+    return fuzz["crash_file"](tmp_path_factory.mktemp("crash") / "bbb_flipped.mp4")
+
+
+def crashed(reason: str) -> bool:
+    return reason.startswith("the decoder crashed (signal 11, SIGSEGV)")
+
+
+def test_real_decoder_segfault_costs_only_that_file(segfault_file, clips, predictor):
+    with pytest.raises(MediaError) as info:
+        classify_file(segfault_file, predictor)
+    assert info.value.path == str(segfault_file) and crashed(info.value.reason)
+    with pytest.raises(MediaError) as info:
+        list(classify_timeline(segfault_file, predictor))
+    assert crashed(info.value.reason)
+    check_schema(classify_file(clips["av"], predictor), CLASSES)  # a fresh worker for the next file
+    results = {Path(r["file"]).name: r for r in classify_files([segfault_file, clips["av"]], predictor, workers=2)}
+    assert crashed(results[segfault_file.name]["error"]) and "error" not in results["av.mp4"]
+
+
+def test_cli_single_file_segfault_is_one_line_exit_2(capsys, segfault_file, tiny_bundle):
+    code, out, err = cli(capsys, str(segfault_file), "--model", str(tiny_bundle), "--json")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {segfault_file}: the decoder crashed")
+    assert [json.loads(line) for line in out.splitlines()] == [{"file": str(segfault_file),
+                                                                 "error": err.split(": ", 2)[2].strip()}]
+
+
+def test_isolated_windows_close_kills_the_worker(clips, predictor):
+    from mmdeploy.isolate import iter_isolated
+
+    windows = iter_isolated(clips["long"], predictor.spec, window=1.0)
+    assert next(windows)["start"] == 0.0
+    process = windows.worker.process
+    windows.close()
+    assert not process.is_alive() and list(windows) == []
+
+
+def test_isolated_decode_equals_in_process(clips, predictor):
+    from mmdeploy.isolate import decode_isolated
+
+    job, here = decode_isolated(clips["av"], predictor.spec), file_job(str(clips["av"]), predictor.spec)
+    assert np.array_equal(job["audio"], here["audio"]) and np.array_equal(job["video"], here["video"])
+    assert job["window"] == here["window"] == {"start": 0.0, "end": predictor.spec.window_seconds}

@@ -34,6 +34,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores "
                                                                                    "when more than 16 files)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Classify at most N files."),
+        timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds a file's window may take to "
+                                                                       "decode before it is reported as an error."),
     ) -> None:
         """Classify video (or audio-only / video-only) files: label, score, top-k, each modality's opinion.
 
@@ -41,7 +43,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
         Timeline output: one line per window as it is ready, then the file's result (mean of its windows).
 
-        A bad file prints `error: FILE: reason` on stderr; the others are still classified; exit code 2."""
+        A bad file prints `error: FILE: reason` on stderr (with --json also {"file", "error"} on stdout);
+        the others are still classified; exit code 2. Files are decoded in worker processes: a decoder
+        crash or hang costs only that file."""
+        from mmdeploy.isolate import prestart
+
+        prestart()  # the decode worker's imports overlap with loading the model
         import torch
 
         from mmdeploy.bundle import latest_bundle
@@ -55,15 +62,15 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         predictor = load_predictor(model if model is not None else latest_bundle("runs"), backend.value,
                                    threads=threads)
         paths, errors = expand_paths(files, limit)
-        failed = bool(errors)
-        for err in errors:
-            typer.echo(f"error: {err}", err=True)
+        failed = False
 
         def emit(result: dict) -> None:
             nonlocal failed
             if "error" in result:
                 failed = True
                 typer.echo(f"error: {result['file']}: {result['error']}", err=True)
+                if as_json:  # a JSON-lines consumer sees every input once, failed ones too
+                    typer.echo(json.dumps({"file": result["file"], "error": result["error"]}))
             elif as_json:
                 typer.echo(json.dumps(result))
             elif "top_k" in result:
@@ -71,13 +78,24 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             else:
                 typer.echo(format_window(result))
 
+        for err in errors:
+            emit({"file": err.path, "error": err.reason})
         if window is None and hop is None:
-            for result in classify_files(paths, predictor, top_k=top_k, workers=workers):
+            for result in classify_files(paths, predictor, top_k=top_k, workers=workers, timeout=timeout):
                 emit(result)
         else:
+            trained = predictor.spec.window_seconds
+            if window is not None and abs(window - trained) > 1e-9:
+                typer.echo(f"note: --window {window:g}s differs from the model's training window ({trained:g}s): "
+                           + ("each window's frames are spread over it and its audio is cut to the model's length"
+                              if window > trained else "each window's audio is "
+                              + ("repeated" if predictor.spec.short_audio == "tile" else "zero-padded")
+                              + " to the model's length and its frames are sampled closer together"),
+                           err=True)
             for path in paths:
                 try:
-                    for result in classify_timeline(path, predictor, window=window, hop=hop, top_k=top_k):
+                    for result in classify_timeline(path, predictor, window=window, hop=hop, top_k=top_k,
+                                                    timeout=timeout):
                         emit(result)
                 except MediaError as exc:
                     emit({"file": str(path), "error": exc.reason})

@@ -1,0 +1,248 @@
+"""Fuzz `mmdeploy classify` with byte-mutated copies of real clips: no traceback, no signal, no hang.
+
+    python benchmarks/fuzz_corpus.py make --out /tmp/fuzz [--count 1000] [--seed 0]
+    python benchmarks/fuzz_corpus.py run --corpus /tmp/fuzz --model RUN [--single 50] [--timeout 900]
+
+`make` writes COUNT files, deterministically: file i is mutation recipe i % len(RECIPES) applied to seed
+clip (i // len(RECIPES)) % len(SEEDS) of ../shared/media with random.Random(f"{seed}:{i}"), so any file
+can be rebuilt alone (`mutate(i)`). Recipes: byte flips (anywhere, in the header, the 256-byte flip that
+crashes FFmpeg's H.264/AAC decoders), truncation, truncation then flips, zeroed header, a duplicated chunk,
+a chunk of another clip spliced in (MPEG-PS into FLV among them), garbage after a valid head. Files go in
+batches of 100 (batch_00/, batch_01/, ...), outside the repository.
+
+`run` classifies every batch folder with one CLI call (`--json`, the default workers) and a sample of
+files one CLI call each, and counts per call: exit code (0 or 2 allowed), signals (negative code),
+hangs (no exit in --timeout s), tracebacks on stderr, and whether every input appears exactly once in the
+JSON lines. It prints one table and the bad cases; it exits 1 if any call broke a rule.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+SEEDS = ["cremad_1001_DFA_ANG_XX.flv", "grid_s1_bbaf2n.mpg", "bbb_h264_aac51.mp4",
+         "tears_of_steel_vp8_vorbis_mono.webm", "iphone_rot180_audiofirst.mov", "derived_nasa_h264_aac.mkv",
+         "vp9_opus_no_duration.webm", "derived_iphone_h264_pcm.mov", "espeak_en_speech.wav",
+         "nasa_13013_multistream.mp4", "bbb_h264_100subtitle_tracks_noaudio.mp4", "screencast_vp8_noaudio.webm"]
+BATCH = 100
+
+
+def flip(data: bytearray, n: int, rng: random.Random, lo: int = 0, hi: int | None = None) -> bytearray:
+    """XOR n random bytes in [lo, hi) with random non-zero values (the issue's "flipped bytes")."""
+    hi = len(data) if hi is None else min(hi, len(data))
+    for _ in range(n):
+        i = rng.randrange(lo, hi)
+        data[i] ^= rng.randrange(1, 256)
+    return data
+
+
+def _chunk(data: bytes, rng: random.Random, most: int = 65536) -> bytes:
+    a = rng.randrange(len(data))
+    return data[a:a + rng.randint(16, most)]
+
+
+def _cut(data: bytes, rng: random.Random) -> int:
+    return rng.randint(1, len(data) - 1)
+
+
+def r_flip(data, rng, other):
+    return flip(bytearray(data), rng.choice([1, 8, 64, 256, 1024]), rng)
+
+
+def r_flip256(data, rng, other):  # the recipe that makes bbb_h264_aac51.mp4 crash FFmpeg (seeds 5, 18, 19)
+    return flip(bytearray(data), 256, rng)
+
+
+def r_flip_head(data, rng, other):
+    return flip(bytearray(data), rng.choice([1, 4, 16, 64]), rng, 0, 4096)
+
+
+def r_truncate(data, rng, other):
+    return data[:_cut(data, rng)]
+
+
+def r_truncate_flip(data, rng, other):
+    return flip(bytearray(data[:_cut(data, rng)]), rng.choice([8, 64, 256]), rng)
+
+
+def r_zero_head(data, rng, other):
+    out = bytearray(data)
+    a = rng.choice([0, 0, rng.randrange(min(len(data), 65536))])
+    n = rng.choice([4, 16, 256, 4096])
+    out[a:a + n] = bytes(len(out[a:a + n]))
+    return out
+
+
+def r_duplicate(data, rng, other):
+    chunk, at = _chunk(data, rng), _cut(data, rng)
+    return data[:at] + chunk * rng.randint(1, 3) + data[at:]
+
+
+def r_splice(data, rng, other):
+    at = _cut(data, rng)
+    return data[:at] + _chunk(other, rng) + data[at + rng.choice([0, 0, 4096]):]
+
+
+def r_splice_mpeg_ps(data, rng, other):  # an MPEG-PS chunk in the middle of this file (the FLV case)
+    mpg = (MEDIA / "grid_s1_bbaf2n.mpg").read_bytes()
+    at = _cut(data, rng)
+    return data[:at] + _chunk(mpg, rng, 131072) + data[at:]
+
+
+def r_garbage_tail(data, rng, other):
+    head = data[:_cut(data, rng)]
+    return head + rng.randbytes(len(data) - len(head))
+
+
+def crash_file(out: Path) -> Path:
+    """bbb_h264_aac51.mp4 with 256 bytes flipped by random.Random(5): FFmpeg 8.1.2 (PyAV 18.1 wheels)
+    segfaults decoding its first 2 s (found by searching seeds 0-20 of this recipe: 5, 18 and 19 crash)."""
+    out.write_bytes(bytes(flip(bytearray((MEDIA / "bbb_h264_aac51.mp4").read_bytes()), 256, random.Random(5))))
+    return out
+
+
+RECIPES = [r_flip, r_flip256, r_flip_head, r_truncate, r_truncate_flip, r_zero_head, r_duplicate, r_splice,
+           r_splice_mpeg_ps, r_garbage_tail]
+
+
+def mutate(i: int, seed: int = 0) -> tuple[str, bytes]:
+    """File i of the corpus -> (file name, bytes)."""
+    recipe = RECIPES[i % len(RECIPES)]
+    name = SEEDS[(i // len(RECIPES)) % len(SEEDS)]
+    rng = random.Random(f"{seed}:{i}")
+    data = (MEDIA / name).read_bytes()
+    other = (MEDIA / SEEDS[rng.randrange(len(SEEDS))]).read_bytes()
+    stem, ext = name.rsplit(".", 1)
+    return f"{i:04d}_{recipe.__name__[2:]}_{stem}.{ext}", bytes(recipe(data, rng, other))
+
+
+def make(out: Path, count: int, seed: int = 0, indices: list[int] | None = None, batch: int = BATCH) -> list[Path]:
+    """Write the corpus (or the files `indices`) under out/batch_NN/; returns their paths."""
+    paths = []
+    for i in indices if indices is not None else range(count):
+        name, data = mutate(i, seed)
+        path = out / f"batch_{i // batch:02d}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+# ---- running the CLI ----------------------------------------------------------------------------------
+def classify(args: list[str], model: Path, timeout: float) -> dict:
+    """One `mmdeploy classify ARGS --json` call -> {code, signal, hang, traceback, lines, stderr, seconds}."""
+    cmd = [sys.executable, "-m", "mmdeploy", "classify", *args, "--json", "--model", str(model)]
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"code": None, "signal": False, "hang": True, "traceback": False, "lines": [],
+                "stderr": (exc.stderr or b"")[-2000:] if isinstance(exc.stderr, str) else "", "seconds": timeout}
+    lines = []
+    for line in done.stdout.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            lines.append({"unparsed": line})
+    return {"code": done.returncode, "signal": done.returncode < 0, "hang": False,
+            "traceback": "Traceback (most recent call last)" in done.stderr, "lines": lines,
+            "stderr": done.stderr, "seconds": time.perf_counter() - t0}
+
+
+def check(call: dict, inputs: list[Path]) -> list[str]:
+    """The rules one call broke (empty: none)."""
+    broken = []
+    if call["hang"]:
+        broken.append("hang")
+    if call["signal"]:
+        broken.append(f"signal {-call['code']}")
+    if call["traceback"]:
+        broken.append("traceback")
+    if call["code"] not in (0, 2, None):
+        broken.append(f"exit {call['code']}")
+    if not call["hang"]:
+        seen = collections.Counter(x.get("file") for x in call["lines"] if "error" in x or "top_k" in x)
+        if seen != collections.Counter(map(str, inputs)):
+            broken.append(f"inputs reported {sum(seen.values())}/{len(inputs)} (once each expected)")
+    return broken
+
+
+def run(corpus: Path, model: Path, single: int, timeout: float, seed: int = 0) -> int:
+    batches = sorted(p for p in corpus.iterdir() if p.is_dir())
+    files = sorted(f for b in batches for f in b.iterdir())
+    rows, bad, errors = [], [], collections.Counter()
+    for folder in batches:
+        inputs = sorted(folder.iterdir())
+        call = classify([str(folder)], model, timeout * len(inputs) / 10)
+        rows.append(("folder", folder.name, len(inputs), call))
+        for x in call["lines"]:
+            if "error" in x:
+                errors[x["error"].split(" (")[0][:60]] += 1
+        broken = check(call, inputs)
+        if broken:
+            bad.append((folder, broken, call["stderr"][-1500:]))
+        print(f"{folder.name}: exit {call['code']}, {call['seconds']:.0f} s, {broken or 'ok'}", flush=True)
+    sample = random.Random(seed).sample(files, min(single, len(files)))
+    for path in sample:
+        call = classify([str(path)], model, timeout)
+        rows.append(("single", path.name, 1, call))
+        broken = check(call, [path])
+        if broken:
+            bad.append((path, broken, call["stderr"][-1500:]))
+    print(f"\ncorpus {corpus}: {len(files)} files from {len({f.name.split('_', 2)[2] for f in files})} seed clips")
+    print("| run | calls | files | exit 0 | exit 2 | other exit | signals | hangs | tracebacks | inputs != once | s/call |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind in ("folder", "single"):
+        calls = [r for r in rows if r[0] == kind]
+        if not calls:
+            continue
+        c = [r[3] for r in calls]
+        once = sum(1 for r in calls if any("inputs" in b for b in check(r[3], _inputs(r, corpus))))
+        print(f"| {kind} | {len(c)} | {sum(r[2] for r in calls)} | {sum(x['code'] == 0 for x in c)} | "
+              f"{sum(x['code'] == 2 for x in c)} | {sum(x['code'] not in (0, 2, None) and not x['signal'] for x in c)} | "
+              f"{sum(x['signal'] for x in c)} | {sum(x['hang'] for x in c)} | {sum(x['traceback'] for x in c)} | "
+              f"{once} | {sum(x['seconds'] for x in c) / len(c):.1f} |")
+    print("\nerror reasons in the folder runs (first words):")
+    for reason, n in errors.most_common():
+        print(f"  {n:4d}  {reason}")
+    for what, broken, stderr in bad:
+        print(f"\nBROKEN {what}: {broken}\n{stderr}")
+    return 1 if bad else 0
+
+
+def _inputs(row, corpus: Path) -> list[Path]:
+    kind, name = row[0], row[1]
+    if kind == "folder":
+        return sorted((corpus / name).iterdir())
+    return [next(corpus.glob(f"batch_*/{name}"))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make", help="write the corpus")
+    mk.add_argument("--out", type=Path, required=True)
+    mk.add_argument("--count", type=int, default=1000)
+    mk.add_argument("--seed", type=int, default=0)
+    rn = sub.add_parser("run", help="classify the corpus with the CLI and count broken rules")
+    rn.add_argument("--corpus", type=Path, required=True)
+    rn.add_argument("--model", type=Path, required=True)
+    rn.add_argument("--single", type=int, default=50, help="files also classified one CLI call each")
+    rn.add_argument("--timeout", type=float, default=300.0, help="s per single-file call (folders: per 10 files)")
+    args = parser.parse_args()
+    if args.command == "make":
+        paths = make(args.out, args.count, args.seed)
+        print(f"{len(paths)} files from {min(len(SEEDS), -(-args.count // len(RECIPES)))} seed clips in {args.out}")
+    else:
+        sys.exit(run(args.corpus, args.model, args.single, args.timeout))
+
+
+if __name__ == "__main__":
+    main()
