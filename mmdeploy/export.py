@@ -134,19 +134,16 @@ class LogitsTuple(nn.Module):
 
 def onnx_metadata(bundle: Bundle) -> dict[str, str]:
     return {"mmdeploy.format": FORMAT, "mmdeploy.format_version": str(FORMAT_VERSION),
-            "mmdeploy.weights_sha256": weights_sha256(bundle),
+            "mmdeploy.weights_sha256": bundle.weights_sha256,
             "mmdeploy.spec": bundle.spec.to_json(), "mmdeploy.spec_digest": bundle.spec.digest(),
             "mmdeploy.classes": json.dumps(bundle.classes), "mmdeploy.arch": json.dumps(bundle.arch, sort_keys=True)}
 
 
-def weights_sha256(bundle: Bundle) -> str:
+def onnx_is_current(bundle: Bundle, onnx_path: Path) -> bool:
+    """True when `onnx_path` was exported from exactly these weights, spec and classes, and model.json
+    records its digest (so the runtimes will accept it)."""
     from mmdeploy.tensorrt_engine import file_sha256
 
-    return file_sha256(bundle.path / WEIGHTS)
-
-
-def onnx_is_current(bundle: Bundle, onnx_path: Path) -> bool:
-    """True when `onnx_path` was exported from exactly these weights, spec and classes."""
     if not onnx_path.is_file():
         return False
     try:
@@ -154,7 +151,10 @@ def onnx_is_current(bundle: Bundle, onnx_path: Path) -> bool:
     except MmdeployError:
         return False
     want = onnx_metadata(bundle)
-    return all(props.get(k) == want[k] for k in ("mmdeploy.weights_sha256", "mmdeploy.spec", "mmdeploy.classes"))
+    recorded = bundle.meta.get("export") if isinstance(bundle.meta.get("export"), dict) else {}
+    return all(props.get(k) == want[k] for k in ("mmdeploy.weights_sha256", "mmdeploy.spec", "mmdeploy.classes",
+                                                 "mmdeploy.arch")) \
+        and recorded.get("onnx_sha256") == file_sha256(onnx_path)
 
 
 def example_inputs(spec: ClipSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +165,8 @@ def example_inputs(spec: ClipSpec, batch: int, seed: int = 0) -> tuple[np.ndarra
 
 
 def export_onnx(bundle: Bundle, path: str | Path | None = None) -> Path:
-    """Export with torch.onnx (the torch.export-based exporter), dynamic batch axis, one file, checked."""
+    """Export with torch.onnx (the torch.export-based exporter), dynamic batch axis, one file, checked.
+    Written to the bundle's RUN/export/model.onnx, its sha256 goes into model.json (`export.onnx_sha256`)."""
     import logging
 
     import onnx
@@ -188,6 +189,10 @@ def export_onnx(bundle: Bundle, path: str | Path | None = None) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     onnx.save_model(proto, str(tmp), save_as_external_data=False)
     os.replace(tmp, path)
+    if path.resolve() == (bundle.export_dir / ONNX_FILE).resolve():  # the runtimes check this digest
+        from mmdeploy.bundle import record_export
+
+        record_export(bundle, path)
     return path
 
 
@@ -324,7 +329,7 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
         reason = tensorrt_reason()
         if reason:
             raise MmdeployError(f"--trt: {reason}")
-    bundle = load_bundle(run)
+    bundle = load_bundle(run)  # verified: tampered weights, a pickle file or an edited model.json stop here
     out = bundle.export_dir
     onnx_path = out / ONNX_FILE
     exported = onnx or not onnx_is_current(bundle, onnx_path)

@@ -187,14 +187,43 @@ def test_trt_without_tensorrt_exits_2_with_one_line(tiny_bundle, monkeypatch, ca
 
 
 def test_stale_onnx_is_reexported(exported, tmp_path):
-    from mmdeploy.bundle import load_bundle
+    import torch
+
+    from mmdeploy.bundle import load_bundle, save_bundle
     from mmdeploy.export import onnx_is_current
 
     run = tmp_path / "run"
     shutil.copytree(exported[0], run)
     assert onnx_is_current(load_bundle(run, with_model=False), run / "export" / "model.onnx")
-    (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes() + b" ")  # other weights
+    bundle = load_bundle(run)
+    with torch.no_grad():
+        bundle.model.heads["audio"].bias.add_(1.0)
+    save_bundle(run, bundle.model, bundle.classes, bundle.spec)  # retrained into the same folder
     assert not onnx_is_current(load_bundle(run, with_model=False), run / "export" / "model.onnx")
+
+
+def test_export_refuses_tampered_weights_before_writing_onnx(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """The issue's case: 50 flipped bytes used to give a fresh ONNX whose recorded hash matched the
+    tampered file. Now `mmdeploy export` exits 2 with one line and writes nothing."""
+    from tests.test_bundle import flip_bytes
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run)
+    flip_bytes(run / "model.safetensors")
+    code, out, err = _main(monkeypatch, capsys, "export", str(run))
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1
+    assert lines[0].startswith(f"error: {run / 'model.safetensors'}: sha256") and "modified" in lines[0]
+    assert not (run / "export").exists()
+
+
+def test_export_records_the_onnx_digest_in_model_json(exported):
+    import hashlib
+
+    run, summary = exported
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["export"] == {"onnx": "export/model.onnx",
+                              "onnx_sha256": hashlib.sha256((run / "export" / "model.onnx").read_bytes()).hexdigest()}
 
 
 def test_bento_saves_the_bundle_into_the_model_store(exported, tmp_path):

@@ -219,3 +219,107 @@ def test_gpu_check_runs_with_torch_alone_and_exits_0_without_cuda():
                             text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, result.stderr
     assert "no CUDA GPU visible to torch" in result.stdout and "cpu parts ok" in result.stdout
+
+
+# ---- integrity: a tampered bundle is refused on every backend, never skipped -----------------------
+@pytest.fixture
+def copy(run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out
+
+
+def _set_meta(run, **changes):
+    meta = json.loads((run / "model.json").read_text())
+    meta.update(changes)
+    (run / "model.json").write_text(json.dumps(meta))
+
+
+def _rewrite_onnx_classes(run, classes, record: bool):
+    """Change mmdeploy.classes inside model.onnx; with `record`, also put the new file's digest into
+    model.json (as someone re-recording the export would)."""
+    import hashlib
+
+    import onnx
+
+    path = run / "export" / "model.onnx"
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "mmdeploy.classes":
+            prop.value = json.dumps(classes)
+    onnx.save_model(model, str(path))
+    if record:
+        meta = json.loads((run / "model.json").read_text())
+        _set_meta(run, export={**meta["export"], "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime", "torch"])
+def test_cut_class_list_is_refused_by_every_backend(copy, cpu_only, backend):
+    """The issue's case: classes cut in model.json; ONNX used to answer with its own list while torch refused."""
+    from mmdeploy.errors import BundleError
+    from mmdeploy.runtime import load_predictor
+
+    _set_meta(copy, classes=CLASSES[:3], num_classes=3)
+    with pytest.raises(BundleError, match=r"model\.json: classes \(3 classes\) differs from the classes the weights"):
+        load_predictor(copy, backend)
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_flipped_weights_are_refused_even_when_only_the_onnx_would_run(copy, cpu_only, backend):
+    from mmdeploy.errors import BundleError
+    from mmdeploy.runtime import load_predictor
+    from tests.test_bundle import flip_bytes
+
+    flip_bytes(copy / "model.safetensors")
+    with pytest.raises(BundleError, match=r"model\.safetensors: sha256 .* modified"):
+        load_predictor(copy, backend)
+
+
+def test_onnx_metadata_that_differs_from_model_json_is_refused(copy, cpu_only):
+    from mmdeploy.errors import BundleError
+    from mmdeploy.runtime import load_predictor
+
+    _rewrite_onnx_classes(copy, CLASSES[::-1], record=True)
+    for backend in ("auto", "onnxruntime"):
+        with pytest.raises(BundleError, match=r"model\.onnx: metadata mmdeploy\.classes differs from model\.json; "
+                                              r"re-export"):
+            load_predictor(copy, backend)
+    assert load_predictor(copy, "torch").classes == CLASSES  # the torch backend never reads the ONNX file
+
+
+def test_modified_onnx_file_is_refused_by_its_digest(copy, cpu_only, monkeypatch, capsys):
+    _rewrite_onnx_classes(copy, CLASSES[:3], record=False)
+    code, out, err = _main(monkeypatch, capsys, "classify", "missing.mp4", "--model", str(copy),
+                           "--backend", "onnxruntime")
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {copy / 'export' / 'model.onnx'}: sha256") and "modified" in lines[0]
+
+
+def test_onnx_without_a_recorded_digest_is_skipped_by_auto(copy, cpu_only):
+    """An export whose digest model.json does not record (older mmdeploy, or failed parity) is not used."""
+    from mmdeploy.runtime import load_predictor
+
+    meta = json.loads((copy / "model.json").read_text())
+    meta.pop("export")
+    (copy / "model.json").write_text(json.dumps(meta))
+    predictor = load_predictor(copy)
+    assert predictor.backend == "torch-cpu"
+    assert "records no digest" in predictor.skipped["onnxruntime-cpu"]
+    with pytest.raises(BackendUnavailable, match="records no digest"):
+        load_predictor(copy, "onnxruntime")
+
+
+def test_onnx_whose_outputs_do_not_match_its_classes_is_refused(run, tmp_path):
+    import onnx
+
+    from mmdeploy.errors import MmdeployError
+    from mmdeploy.runtime.ort_backend import OrtPredictor
+
+    model = onnx.load(str(run / "export" / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "mmdeploy.classes":
+            prop.value = json.dumps(CLASSES + ["epsilon"])
+    onnx.save_model(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(MmdeployError, match="outputs 4 classes, its metadata lists 5"):
+        OrtPredictor(tmp_path / "model.onnx")

@@ -5,6 +5,9 @@ ONNX Runtime CPU -> torch CPU. ONNX Runtime and TensorRT need files made by `mmd
 model.onnx exported from the bundle's current weights, a matching engine); when they are missing or stale,
 `auto` skips that backend with the reason (it never exports on the fly: exporting takes a while and checks
 parity, which is the export command's job).
+Before any backend runs, the bundle is verified (mmdeploy.bundle: pickle files, weights digest, input
+shapes, classes/spec sealed in the weights; for ONNX Runtime and TensorRT also the ONNX file's digest and
+metadata against model.json): a tampered bundle raises BundleError on every backend, it is never skipped.
 Availability is decided by the functions in CHECKS (library and device) and `artifact_reason`
 (files), so tests can fake them.
 """
@@ -74,16 +77,21 @@ def _engine_path(run: Path) -> Path | None:
 
 
 def _onnx_reason(run: Path) -> str | None:
-    """Why RUN/export/model.onnx cannot serve this bundle: missing, or exported from other weights."""
+    """Why RUN/export/model.onnx cannot serve this bundle: missing, exported from other weights than the
+    ones model.json records, or never recorded by `mmdeploy export`. (Whether the files are intact is
+    checked when the backend is built: verify_bundle, verify_onnx.)"""
+    from mmdeploy.bundle import read_meta
     from mmdeploy.runtime.ort_backend import read_onnx_metadata
-    from mmdeploy.tensorrt_engine import file_sha256
 
     onnx_path = run / "export" / ONNX_FILE
     if not onnx_path.is_file():
         return f"{onnx_path} missing; run `mmdeploy export {run} --onnx`"
-    weights = run / "model.safetensors"
-    if weights.is_file() and read_onnx_metadata(onnx_path)[2].get("mmdeploy.weights_sha256") != file_sha256(weights):
-        return f"{onnx_path} was exported from other weights than {weights}; run `mmdeploy export {run} --onnx`"
+    meta = read_meta(run)
+    if read_onnx_metadata(onnx_path)[2].get("mmdeploy.weights_sha256") != meta["weights"]["sha256"]:
+        return f"{onnx_path} was exported from other weights than {run / 'model.safetensors'}; " \
+               f"run `mmdeploy export {run} --onnx`"
+    if not isinstance(meta.get("export"), dict) or "onnx_sha256" not in meta["export"]:
+        return f"model.json records no digest for {onnx_path}; run `mmdeploy export {run} --onnx`"
     return None
 
 
@@ -144,15 +152,17 @@ def _build(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | 
     from mmdeploy.bundle import load_bundle
 
     if name.startswith("onnxruntime"):
-        from mmdeploy.bundle import read_meta
+        from mmdeploy.bundle import verify_bundle
         from mmdeploy.runtime.ort_backend import OrtPredictor
 
-        read_meta(run)  # a clear BundleError for a folder that is not a bundle
-        return OrtPredictor(run / "export" / ONNX_FILE, name, threads)
-    bundle = load_bundle(run, with_model=name.startswith("torch"))
+        meta = verify_bundle(run)  # pickle files, weights digest, shapes, seal: refused before the ONNX runs
+        return OrtPredictor(run / "export" / ONNX_FILE, name, threads, meta=meta)
+    bundle = load_bundle(run, with_model=name.startswith("torch"))  # verified, like verify_bundle
     if name == "tensorrt":
+        from mmdeploy.runtime.ort_backend import verify_onnx
         from mmdeploy.runtime.trt_backend import TensorRTPredictor
 
+        verify_onnx(run / "export" / ONNX_FILE, bundle.meta)  # the engine is named by this file's hash
         return TensorRTPredictor(_engine_path(run), bundle.classes, bundle.spec)
     from mmdeploy.runtime.torch_backend import TorchPredictor
 

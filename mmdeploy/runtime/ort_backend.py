@@ -44,6 +44,37 @@ def read_onnx_metadata(path: str | Path) -> tuple[ClipSpec, list[str], dict[str,
     return ClipSpec.from_json(props["mmdeploy.spec"]), json.loads(props["mmdeploy.classes"]), props
 
 
+def verify_onnx(path: str | Path, meta: dict) -> tuple[ClipSpec, list[str], dict[str, str]]:
+    """read_onnx_metadata, after checking the file against the verified model.json `meta` of its bundle:
+    its sha256 against `export.onnx_sha256` (recorded by `mmdeploy export`), and its metadata
+    (weights digest, spec, classes, architecture) against model.json. BundleError, one line, otherwise."""
+    import hashlib
+
+    from mmdeploy.errors import BundleError
+
+    path = Path(path)
+    fix = f"re-export with `mmdeploy export {path.parent.parent} --onnx`"
+    recorded = (meta.get("export") or {}).get("onnx_sha256") if isinstance(meta.get("export"), dict) else None
+    if recorded is None:
+        raise BundleError(f"{path}: model.json records no digest for this ONNX file; {fix}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != recorded:
+        raise BundleError(f"{path}: sha256 {digest[:12]}... differs from the digest in model.json "
+                          f"({str(recorded)[:12]}...): the file was modified; {fix}")
+    spec, classes, props = read_onnx_metadata(path)
+    checks = {"mmdeploy.weights_sha256": (props.get("mmdeploy.weights_sha256"), meta["weights"]["sha256"]),
+              "mmdeploy.spec": (spec, ClipSpec.from_dict(meta["spec"])),
+              "mmdeploy.classes": (classes, list(meta["classes"])),
+              "mmdeploy.arch": (json.loads(props.get("mmdeploy.arch", "null")), meta["arch"])}
+    for key, (mine, theirs) in checks.items():
+        if json.dumps(mine if not isinstance(mine, ClipSpec) else mine.to_dict(), sort_keys=True) != \
+                json.dumps(theirs if not isinstance(theirs, ClipSpec) else theirs.to_dict(), sort_keys=True):
+            what = f" ({len(mine)} classes, model.json has {len(theirs)})" \
+                if key == "mmdeploy.classes" and len(mine) != len(theirs) else ""
+            raise BundleError(f"{path}: metadata {key} differs from model.json{what}; {fix}")
+    return spec, classes, props
+
+
 def make_session(path: str | Path, providers: tuple[str, ...], threads: int | None = None):
     """An InferenceSession with all graph optimisations and intra-op threads = cores."""
     import onnxruntime as ort
@@ -56,9 +87,18 @@ def make_session(path: str | Path, providers: tuple[str, ...], threads: int | No
 
 
 class OrtPredictor(Predictor):
-    def __init__(self, onnx_path: str | Path, backend: str = "onnxruntime-cpu", threads: int | None = None):
-        self.spec, self.classes, self.metadata = read_onnx_metadata(onnx_path)
+    """`meta` (the bundle's verified model.json) makes the file and its metadata checked against the
+    bundle (verify_onnx); without it the ONNX metadata alone gives classes and spec."""
+
+    def __init__(self, onnx_path: str | Path, backend: str = "onnxruntime-cpu", threads: int | None = None,
+                 meta: dict | None = None):
+        read = read_onnx_metadata if meta is None else lambda p: verify_onnx(p, meta)
+        self.spec, self.classes, self.metadata = read(onnx_path)
         self.session = make_session(onnx_path, BACKEND_PROVIDERS[backend], threads)
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != len(self.classes):
+            raise MmdeployError(f"{onnx_path}: the model outputs {width} classes, its metadata lists "
+                                f"{len(self.classes)}; re-export with `mmdeploy export RUN --onnx`")
         self.backend = backend
         self.providers = tuple(self.session.get_providers())
         self._names = list(OUTPUT_NAMES)
