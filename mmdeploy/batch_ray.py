@@ -1,0 +1,311 @@
+"""The `ray` engine of `mmdeploy batch`: Ray Data, CPU tasks decode, an actor pool predicts.
+
+    sources (path, file_id, ...; one block per decode batch)
+      -> map_batches(decode_batch)   CPU tasks, at most `decoders` at once, num_cpus=1 each: classify.file_job
+                                     (or classify.window_jobs for timelines) with the bundle's ClipSpec,
+                                     i.e. the same compute_features as classify and training
+      -> map_batches(Classifier)     actor pool, one Predictor per actor (load_predictor(run, backend)),
+                                     num_gpus=1 per actor for a GPU backend; classify.infer + make_result
+      -> the driver                  rows (JSON, small) stream back; batch.py's PartWriter writes the parts
+
+Results go through the driver, so RESULTS only needs to be writable there; the inputs must be readable
+at the same paths on every node (a shared filesystem), and every node needs mmdeploy installed.
+Memory: Ray Data streams blocks and backpressures on `object_store_memory`; the features of one decode
+batch are the unit in flight.
+
+Failures: a decode task whose worker dies (a decoder crash, out of memory) is retried once by Ray; if it
+fails again its block is dropped (`max_errored_blocks` unlimited) and the run goes on. The files that did
+not come back are then run one per task, so only the file that kills its worker is lost; it gets an error
+row. An inference actor that dies is restarted once and its batch retried.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from mmdeploy.batch import Assembler, Job, Source, error_row, result_row, window_results
+from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError
+
+DECODE_BATCH = 16  # files per decode task (and per input block): the unit a worker death costs
+INFER_BATCH = 32  # windows per inference call
+OBJECT_STORE_MB = 512  # what this run's blocks may hold in the object store at once (backpressure)
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch-cuda", "torch-cuda-fp16")
+LOST = ("its Ray worker died twice while decoding it (a decoder crash, or out of memory), and again when "
+        "run alone; the file is damaged or hostile")
+
+
+def connect(address: str | None = None, cpus: int | None = None) -> float:
+    """Join the cluster at `address` (a `ray start --head` address, or "auto"), or start a local Ray
+    instance with `cpus` logical CPUs; no-op when Ray is already initialised. Returns seconds taken."""
+    import ray
+
+    t0 = time.perf_counter()
+    if ray.is_initialized():
+        return 0.0
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False,
+              "configure_logging": True}
+    for attempt in (1, 2):  # a loaded machine can miss Ray's fixed 30-s raylet start-up wait: try twice
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=cpus, **kwargs)
+            break
+        except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exception for a start-up timeout
+            ray.shutdown()
+            if attempt == 2 or address:
+                where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+                fix = "check `ray status` on the head node" if address else "retry, or start one with `ray start --head` and pass --address auto"
+                raise MmdeployError(f"--address {address or '(none)'}: cannot {where} "
+                                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fix}") from None
+    return time.perf_counter() - t0
+
+
+def uses_gpu(backend: str) -> bool:
+    """Whether actors need a GPU: a GPU backend, or `auto` on a cluster that has GPUs."""
+    import ray
+
+    if backend == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return backend in GPU_BACKENDS or backend == "tensorrt"
+
+
+# ---- the two stages (run in Ray workers) ---------------------------------------------------------------
+_SPECS: dict[str, Any] = {}
+
+
+def _spec(spec_json: str):
+    from mmdeploy.spec import ClipSpec
+
+    if spec_json not in _SPECS:
+        _SPECS[spec_json] = ClipSpec.from_json(spec_json)
+    return _SPECS[spec_json]
+
+
+def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | None, hop: float | None,
+                 timeline: bool, out_rows: int = INFER_BATCH, job: Callable | None = None) -> Iterator[dict]:
+    """Decode task: a batch of sources (JSON) -> batches of feature rows, at most `out_rows` each:
+    meta (JSON: the source, window, timings, error, `_rows`), audio/video arrays (zeros when absent)
+    and has_audio/has_video. `job` replaces classify.file_job (tests inject failures with it)."""
+    import torch
+
+    from mmdeploy.classify import file_job, window_jobs
+
+    torch.set_num_threads(1)
+    spec = _spec(spec_json)
+    job = job or file_job
+    rows: list[dict[str, Any]] = []
+    for text in batch["source"]:
+        src = json.loads(str(text))
+        if timeline:
+            n = 0
+            try:
+                for item in window_jobs(src["path"], spec, window, hop):
+                    n += 1
+                    rows.append({"src": src, "audio": item["audio"], "video": item["video"], "error": None,
+                                 "window": {"start": item["start"], "end": item["end"]},
+                                 "timings_ms": {"decode": item["decode"], "features": item["features"]}, "_rows": 0})
+                    if len(rows) >= out_rows:
+                        yield _pack(rows, spec)
+                        rows = []
+                if n == 0:
+                    raise MediaError(src["path"], "no window could be decoded")
+                _mark_end(rows, src, n)
+            except Exception as exc:  # noqa: BLE001 - this file only (as mmdeploy.isolate reports it)
+                rows.append(_error(src, exc, n + 1))
+        else:
+            try:
+                got = job(src["path"], spec)
+            except Exception as exc:  # noqa: BLE001
+                got = {"error": _reason(exc)}
+            if "error" in got:
+                rows.append(_error(src, got["error"], 1))
+            else:
+                rows.append({"src": src, "audio": got["audio"], "video": got["video"], "error": None,
+                             "window": got.get("window"), "timings_ms": got["timings_ms"], "_rows": 1})
+        if len(rows) >= out_rows:
+            yield _pack(rows, spec)
+            rows = []
+    if rows:
+        yield _pack(rows, spec)
+
+
+def _mark_end(rows: list[dict[str, Any]], src: dict, n: int) -> None:
+    """Put the file's row count on its last row if that is still in the buffer, else add a count-only row."""
+    if rows and rows[-1].get("src") is src and rows[-1].get("_rows") == 0:
+        rows[-1]["_rows"] = n
+    else:
+        rows.append({"src": src, "end_only": True, "_rows": n})
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, MediaError):
+        return exc.reason
+    if isinstance(exc, MmdeployError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"cannot decode ({type(exc).__name__}: {text[0][:200] if text else ''})"
+
+
+def _error(src: dict, exc_or_reason, n: int) -> dict[str, Any]:
+    reason = exc_or_reason if isinstance(exc_or_reason, str) else _reason(exc_or_reason)
+    return {"src": src, "error": reason, "_rows": n}
+
+
+def _pack(rows: list[dict[str, Any]], spec) -> dict[str, np.ndarray]:
+    """Feature rows -> a numpy batch (fixed-shape arrays; absent inputs as zeros with a flag)."""
+    a_shape, v_shape = (1, *spec.spectrogram_shape), tuple(spec.frames_shape)
+    audio = np.zeros((len(rows), *a_shape), np.float32)
+    video = np.zeros((len(rows), *v_shape), np.float32)
+    has_a = np.zeros(len(rows), bool)
+    has_v = np.zeros(len(rows), bool)
+    for i, r in enumerate(rows):
+        if r.get("audio") is not None:
+            audio[i], has_a[i] = r["audio"], True
+        if r.get("video") is not None:
+            video[i], has_v[i] = r["video"], True
+    meta = [json.dumps({k: v for k, v in r.items() if k not in ("audio", "video")}) for r in rows]
+    return {"meta": np.array(meta, dtype=object), "audio": audio, "video": video,
+            "has_audio": has_a, "has_video": has_v}
+
+
+class Classifier:
+    """Inference actor: one Predictor, feature rows -> RESULTS rows as JSON (with `_rows`)."""
+
+    def __init__(self, run: str, backend: str, top_k: int, model: str, threads: int = 1):
+        import torch
+
+        from mmdeploy.runtime import load_predictor
+
+        torch.set_num_threads(threads)
+        self.predictor = load_predictor(run, backend, threads=threads)
+        self.top_k, self.model = top_k, model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from mmdeploy.classify import infer, make_result
+
+        metas = [json.loads(str(m)) for m in batch["meta"]]
+        ok = [i for i, m in enumerate(metas) if not m.get("error") and not m.get("end_only")]
+        results: dict[int, dict[str, Any]] = {}
+        if ok:
+            items = [{"audio": batch["audio"][i] if batch["has_audio"][i] else None,
+                      "video": batch["video"][i] if batch["has_video"][i] else None} for i in ok]
+            t0 = time.perf_counter()
+            probs = infer(items, self.predictor)
+            share = (time.perf_counter() - t0) * 1e3 / len(ok)
+            for i, p in zip(ok, probs):
+                m = metas[i]
+                results[i] = make_result(m["src"]["path"], p, self.predictor, {**m["timings_ms"], "infer": share},
+                                         self.top_k, window=m.get("window"))
+        out = []
+        for i, m in enumerate(metas):
+            src = Source(**m["src"])
+            if m.get("end_only"):
+                row = {"file_id": src.file_id, "_end_only": True}
+            elif i in results:
+                row = result_row(results[i], src, self.model)
+            else:
+                row = error_row(src, m["error"], self.model)
+            row["_rows"] = m["_rows"]
+            out.append(json.dumps(row))
+        return {"row": np.array(out, dtype=object)}
+
+
+# ---- the driver ------------------------------------------------------------------------------------------
+def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_block: int, decoders: int,
+             actors: int, gpus: float, actor_cpus: float, decode_job: Callable | None):
+    import pyarrow as pa
+    import ray.data
+
+    texts = [json.dumps(s.__dict__) for s in sources]
+    blocks = [pa.table({"source": texts[i:i + per_block]}) for i in range(0, len(texts), per_block)]
+    with warnings.catch_warnings():  # max_retries/max_restarts are plain Ray remote args (deprecated spelling)
+        warnings.simplefilter("ignore")
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(decode_batch, batch_size=per_block, batch_format="numpy", zero_copy_batch=True,
+                            fn_kwargs={"spec_json": spec_json, "window": job.window, "hop": job.hop,
+                                       "timeline": job.timeline, "job": decode_job},
+                            compute=ray.data.TaskPoolStrategy(size=decoders), num_cpus=1, max_retries=1)
+        ds = ds.map_batches(Classifier, batch_size=INFER_BATCH, batch_format="numpy",
+                            fn_constructor_kwargs={"run": str(job.model), "backend": job.backend,
+                                                   "top_k": job.top_k, "model": model,
+                                                   "threads": max(1, int(actor_cpus))},
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
+                            num_gpus=gpus, max_restarts=1, max_task_retries=1)
+    return ds
+
+
+def _configure(object_store_mb: int) -> None:
+    import ray.data
+    from ray.data import DataContext
+    from ray.data._internal.execution.interfaces import ExecutionResources
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.max_errored_blocks = -1  # a dead batch is dropped, never the run; its files are retried below
+    ctx.execution_options.resource_limits = ExecutionResources.for_limits(
+        object_store_memory=object_store_mb * 1024 * 1024)
+    ctx.execution_options.preserve_order = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    del ray
+
+
+def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list[dict]], None],
+            address: str | None = None, actors: int | None = None, decoders: int | None = None,
+            gpus_per_actor: float | None = None, actor_cpus: float | None = None,
+            object_store_mb: int = OBJECT_STORE_MB, decode_batch_files: int = DECODE_BATCH,
+            decode_job: Callable | None = None) -> float:
+    """Classify `todo` on Ray; complete files' rows go to `files_done`. Returns the start-up seconds
+    (joining or starting Ray). Defaults: one actor per GPU (or one on a CPU-only cluster), decode tasks
+    on every CPU the actors leave."""
+    import ray
+
+    from mmdeploy.bundle import load_bundle
+
+    spec_json = load_bundle(job.model, with_model=False).spec.to_json()
+    local_cpus = os.cpu_count() or 1
+    start = connect(address, cpus=None if address else local_cpus + 1)  # +1: the actor, as classify's main process
+    _configure(object_store_mb)
+    gpu = uses_gpu(job.backend)
+    resources = ray.cluster_resources()
+    if gpu and resources.get("GPU", 0) <= 0:
+        raise BackendUnavailable(f"backend {job.backend}: needs a GPU, and the Ray cluster has none "
+                                 "(pick --backend onnxruntime or torch, or add GPU nodes)")
+    gpus = (gpus_per_actor if gpus_per_actor is not None else 1.0) if gpu else 0.0
+    actors = actors or (max(1, int(resources.get("GPU", 0) / max(gpus, 1e-9))) if gpu else 1)
+    actor_cpus = actor_cpus if actor_cpus is not None else 1.0
+    free = int(resources.get("CPU", 1) - actors * actor_cpus)
+    decoders = decoders or max(1, free)
+    completed: set[str] = set()
+
+    def stream(sources: list[Source], per_block: int) -> None:
+        assembler = Assembler()
+        ds = _dataset(sources, job, model, spec_json, per_block, decoders, actors, gpus, actor_cpus, decode_job)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for text in batch["row"]:
+                row = json.loads(str(text))
+                if row["file_id"] in completed:
+                    continue  # a retried task sent this file again
+                rows = assembler.add(row)
+                if rows is not None:
+                    completed.add(rows[0]["file_id"])
+                    files_done(rows)
+
+    stream(todo, decode_batch_files)
+    lost = [s for s in todo if s.file_id not in completed]
+    if lost and len(lost) < len(todo):
+        stream(lost, 1)  # one file per task: only the file that kills its worker is lost
+        lost = [s for s in lost if s.file_id not in completed]
+    elif lost:
+        raise MmdeployError(f"every Ray decode task failed ({len(lost)} files); is mmdeploy installed on every "
+                            "node, and can the workers read the input paths? See the Ray logs")
+    for s in lost:
+        files_done([error_row(s, LOST, model)])
+    return start
