@@ -44,7 +44,8 @@ from mmdeploy.errors import MediaError
 
 DECODE_TIMEOUT_S = 60.0  # per file (its first window) or per timeline window
 IDLE_WORKERS = max(2, os.cpu_count() or 1)  # healthy workers kept for reuse
-PRELOAD = ["mmdeploy.isolate", "mmdeploy.classify", "mmdeploy.features", "mmdeploy.media", "av"]
+PRELOAD = ["mmdeploy.isolate", "mmdeploy.classify", "mmdeploy.features", "mmdeploy.media", "av",
+           "mmdeploy.forkserver"]  # the last one warms up and freezes the heap (see its docstring)
 
 
 class WorkerLost(Exception):
