@@ -296,3 +296,130 @@ def test_running_state_round_trips_for_an_exact_resume(model, name):
     logs_b, grads_b = step(restored, batches[3], 2)
     assert logs_a == pytest.approx(logs_b)
     assert grads_a.keys() == grads_b.keys() and all(torch.allclose(grads_a[k], grads_b[k]) for k in grads_a)
+
+
+# ---- golden values from an independent per-sample computation (plain Python floats, no code under test) ----
+
+def p_true(row: list[float], y: int) -> float:
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    return exps[y] / sum(exps)
+
+
+def batch_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """s = (1/B) sum_i softmax(z_i)[y_i], one sample at a time."""
+    rows, ys = logits.tolist(), labels.tolist()
+    return sum(p_true(r, y) for r, y in zip(rows, ys)) / len(ys)
+
+
+def owner(name: str) -> str:
+    """Which modality's group a parameter belongs to, by the model's naming (encoder, head, fusion slice)."""
+    for m in ("audio", "video"):
+        if name.startswith((f"encoders.{m}.", f"heads.{m}.", f"fusion.weights.{m}.")):
+            return m
+    return "shared"
+
+
+def unbalanced_outputs(labels: torch.Tensor, leading: str = "audio") -> dict:
+    """Hand-made logits: the leading head is confident on the true class, the other is not."""
+    torch.manual_seed(11)
+    strong = 3.0 * torch.nn.functional.one_hot(labels, 3).float() + 0.3 * torch.randn(len(labels), 3)
+    weak = 0.4 * torch.nn.functional.one_hot(labels, 3).float() + 0.3 * torch.randn(len(labels), 3)
+    lagging = "video" if leading == "audio" else "audio"
+    return {"fused": strong + weak, leading: strong, lagging: weak}
+
+
+@pytest.mark.parametrize("leading", ["audio", "video"])
+def test_mlb_slows_the_leading_modality_golden_per_sample(model, leading):
+    """k from per-sample softmax probabilities: the leading head's group gets k < 1, the lagging one k > 1.
+    Catches scores stacked in the wrong modality order (which speeds up the leader instead)."""
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    outputs = unbalanced_outputs(labels, leading)
+    s = {m: batch_score(outputs[m], labels) for m in ("audio", "video")}
+    r = {"audio": s["video"] / s["audio"], "video": s["audio"] / s["video"]}
+    k = {m: 1 + math.tanh(0.8 * (r[m] - 1)) for m in r}
+    assert k[leading] < 1 < k["video" if leading == "audio" else "audio"]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logs = build_method("mlb", alpha=0.8).after_backward(model, outputs, labels, epoch=0)
+    assert logs["s_audio"] == pytest.approx(s["audio"], rel=1e-5) and logs["k_video"] == pytest.approx(k["video"], rel=1e-5)
+    for name, p in model.named_parameters():
+        want = k.get(owner(name), 1.0)
+        torch.testing.assert_close(p.grad, torch.full_like(p, want), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("epoch, active", [(1, False), (2, True), (3, True), (4, True), (5, False)])
+def test_epoch_window_includes_start_and_end_epoch(model, epoch, active):
+    """start_epoch <= epoch <= end_epoch, both ends inclusive (the reference's 0...1500)."""
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    outputs = unbalanced_outputs(labels)
+    s_a, s_v = batch_score(outputs["audio"], labels), batch_score(outputs["video"], labels)
+    k_audio = 1 + math.tanh(0.8 * (s_v / s_a - 1)) if active else 1.0
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    build_method("mlb", alpha=0.8, start_epoch=2, end_epoch=4).after_backward(model, outputs, labels, epoch)
+    assert model.encoders["audio"].net.stem[0].weight.grad.flatten()[0].item() == pytest.approx(k_audio, rel=1e-5)
+    ogm = build_method("ogm", alpha=0.8, start_epoch=2, end_epoch=4)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    ogm.after_backward(model, {"partial": {"audio": outputs["audio"], "video": outputs["video"]}}, labels, epoch)
+    k_ogm = 1 - math.tanh(0.8 * s_a / s_v) if active else 1.0
+    assert model.encoders["audio"].net.stem[0].weight.grad.flatten()[0].item() == pytest.approx(k_ogm, rel=1e-5)
+
+
+def test_ogm_partial_logits_carry_half_the_fusion_bias_golden(model):
+    """z_m = W_m f_m + b/2, computed sample by sample with a non-zero bias (it starts at zero, which
+    would hide a full-bias error); the logged scores come from those partial logits."""
+    with torch.no_grad():
+        model.fusion.bias.copy_(torch.tensor([2.0, -1.5, 0.5]))
+    method = build_method("ogm", alpha=0.8)
+    torch.manual_seed(3)
+    audio, video, labels = torch.randn(4, 1, 16, 16), torch.randn(4, 3, 2, 16, 16), torch.tensor([0, 1, 2, 1])
+    outputs = method.forward(model, audio, video)
+    bias = model.fusion.bias.tolist()
+    golden = {}
+    for m in ("audio", "video"):
+        w = model.fusion.weights[m].weight.tolist()
+        feats = outputs["features"][m].tolist()
+        golden[m] = [[sum(wc[j] * f[j] for j in range(len(f))) + bias[c] / 2 for c, wc in enumerate(w)] for f in feats]
+        torch.testing.assert_close(outputs["partial"][m], torch.tensor(golden[m]), rtol=1e-4, atol=1e-5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logs = method.after_backward(model, outputs, labels, epoch=0)
+    s = {m: sum(p_true(row, y) for row, y in zip(golden[m], labels.tolist())) / 4 for m in golden}
+    assert [logs["s_audio"], logs["s_video"]] == pytest.approx([s["audio"], s["video"]], rel=1e-4)
+
+
+def test_ogm_ge_is_k_times_grad_plus_noise_with_the_unscaled_std(model):
+    """OGM-GE: grad <- k grad + N(0, std(grad) + 1e-8), std of the gradient before scaling. Over all
+    encoder gradients: regressing the new grad on the old gives k, and the residual divided by each
+    tensor's own (unscaled) std has unit spread. k from per-sample scores; heads/fusion untouched."""
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    outputs = unbalanced_outputs(labels, "audio")
+    s_a, s_v = batch_score(outputs["audio"], labels), batch_score(outputs["video"], labels)
+    k = {"audio": 1 - math.tanh(0.8 * s_a / s_v), "video": 1.0}    # rho_a = s_a / s_v > 1: audio leads
+    assert k["audio"] < 0.5
+    torch.manual_seed(0)
+    before = {}
+    for i, (name, p) in enumerate(model.named_parameters()):
+        p.grad = torch.randn_like(p) * (1 + i % 5)
+        before[name] = p.grad.clone()
+    build_method("ogm-ge", alpha=0.8).after_backward(
+        model, {"partial": {"audio": outputs["audio"], "video": outputs["video"]}}, labels, epoch=0)
+    for m in ("audio", "video"):
+        old, new, z = [], [], []
+        for name, p in model.encoders[m].named_parameters():
+            g0 = before[f"encoders.{m}.{name}"]
+            if g0.numel() < 2:
+                continue
+            old.append(g0.flatten())
+            new.append(p.grad.flatten())
+            z.append(((p.grad - k[m] * g0) / g0.std()).flatten())
+        old, new, z = torch.cat(old), torch.cat(new), torch.cat(z)
+        slope = (old * new).sum() / (old * old).sum()
+        assert slope.item() == pytest.approx(k[m], abs=0.08), f"{m}: grads not scaled by k"
+        assert 0.9 < z.std().item() < 1.1, f"{m}: noise std is not the unscaled gradient's std"
+        assert abs(z.mean().item()) < 0.1
+    for name, p in model.named_parameters():
+        if not name.startswith("encoders."):
+            assert torch.equal(p.grad, before[name]), name
