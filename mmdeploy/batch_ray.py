@@ -15,8 +15,8 @@ batch are the unit in flight.
 
 Failures: a decode task whose worker dies (a decoder crash, out of memory) is retried once by Ray; if it
 fails again its block is dropped (`max_errored_blocks` unlimited) and the run goes on. The files that did
-not come back are then run one per task, so only the file that kills its worker is lost; it gets an error
-row. An inference actor that dies is restarted once and its batch retried.
+not come back are then run one per task (no further retry), so only the file that kills its worker is
+lost; it gets an error row. An inference actor that dies is restarted once and its batch retried.
 """
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def connect(address: str | None = None, cpus: int | None = None) -> float:
             ray.shutdown()
             if attempt == 2 or address:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
-                fix = "check `ray status` on the head node" if address else "retry, or start one with `ray start --head` and pass --address auto"
-                raise MmdeployError(f"--address {address or '(none)'}: cannot {where} "
-                                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fix}") from None
+                fix = ("check `ray status` on the head node" if address
+                       else "retry, or start one with `ray start --head` and pass --address auto")
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise MmdeployError(f"--address {address or '(none)'}: cannot {where} ({why}); {fix}") from None
     return time.perf_counter() - t0
 
 
@@ -220,7 +221,7 @@ class Classifier:
 
 # ---- the driver ------------------------------------------------------------------------------------------
 def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_block: int, decoders: int,
-             actors: int, gpus: float, actor_cpus: float, decode_job: Callable | None):
+             actors: int, gpus: float, actor_cpus: float, decode_job: Callable | None, retries: int = 1):
     import pyarrow as pa
     import ray.data
 
@@ -232,7 +233,7 @@ def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_bl
         ds = ds.map_batches(decode_batch, batch_size=per_block, batch_format="numpy", zero_copy_batch=True,
                             fn_kwargs={"spec_json": spec_json, "window": job.window, "hop": job.hop,
                                        "timeline": job.timeline, "job": decode_job},
-                            compute=ray.data.TaskPoolStrategy(size=decoders), num_cpus=1, max_retries=1)
+                            compute=ray.data.TaskPoolStrategy(size=decoders), num_cpus=1, max_retries=retries)
         ds = ds.map_batches(Classifier, batch_size=INFER_BATCH, batch_format="numpy",
                             fn_constructor_kwargs={"run": str(job.model), "backend": job.backend,
                                                    "top_k": job.top_k, "model": model,
@@ -285,9 +286,10 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
     decoders = decoders or max(1, free)
     completed: set[str] = set()
 
-    def stream(sources: list[Source], per_block: int) -> None:
+    def stream(sources: list[Source], per_block: int, retries: int) -> None:
         assembler = Assembler()
-        ds = _dataset(sources, job, model, spec_json, per_block, decoders, actors, gpus, actor_cpus, decode_job)
+        ds = _dataset(sources, job, model, spec_json, per_block, decoders, actors, gpus, actor_cpus, decode_job,
+                      retries)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["row"]:
                 row = json.loads(str(text))
@@ -298,10 +300,10 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
                     completed.add(rows[0]["file_id"])
                     files_done(rows)
 
-    stream(todo, decode_batch_files)
+    stream(todo, decode_batch_files, retries=1)
     lost = [s for s in todo if s.file_id not in completed]
     if lost and len(lost) < len(todo):
-        stream(lost, 1)  # one file per task: only the file that kills its worker is lost
+        stream(lost, 1, retries=0)  # one file per task, no retry: only the file that kills its worker is lost
         lost = [s for s in lost if s.file_id not in completed]
     elif lost:
         raise MmdeployError(f"every Ray decode task failed ({len(lost)} files); is mmdeploy installed on every "
