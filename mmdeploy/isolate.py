@@ -135,10 +135,11 @@ def _serve(conn) -> None:
     from mmdeploy.errors import MmdeployError
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     while True:
         try:
             fn, args, stream = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
+        except (EOFError, OSError):
             return
         try:
             if stream:
@@ -277,7 +278,10 @@ class IsolatedWindows:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit multiprocessing may be half torn down
+            pass
 
 
 def iter_isolated(path, spec, window: float | None = None, hop: float | None = None,
