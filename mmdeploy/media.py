@@ -22,6 +22,8 @@ Rules, in one place:
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
 import functools
 import gc
 import inspect
@@ -51,6 +53,9 @@ _MAX_BAD_PACKETS = 50        # corrupt packets skipped per pass before giving up
 _HOLD_LAST = 1.0             # s: after a stream's last frame, that frame stays on screen this long
 _MAX_JUMP = 30.0             # s: a timestamp this far past the previous one is damage, not a gap
 _SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguous" are treated as contiguous
+_LOOKAHEAD = 16              # video packets read ahead of the decoder, to know the next frame's time
+_SKIP_REACH = 1.0            # s: a frame is skipped only if a frame at most this much later is known
+_REFERENCE_ENV = "MMDEPLOY_REFERENCE_DECODE"  # "1": decode every packet (see reference_decode)
 
 
 # ---- what a file holds ---------------------------------------------------------------------------
@@ -172,7 +177,7 @@ def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, e
             clip.audio = _AudioTrack(src, audio, spec.sample_rate, start).window(start, seconds)
         if video is not None:
             targets = _frame_targets(spec, start, seconds)
-            track = _FrameTrack(src, video, targets[0])
+            track = _FrameTrack(src, video, targets[0], wanted=_targets_in(targets))
             clip.frames, clip.frame_times = _stack(path, [track.at(t) for t in targets])
     if audio_path is not None:
         with _Source(audio_path) as src:
@@ -208,7 +213,8 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
         def targets(k: int) -> list[float]:
             return _frame_targets(spec, k * hop, _window_length(spec, k * hop, None, duration))
 
-        frames = _FrameTrack(vsrc, video, 0.0) if video is not None else None
+        frames = _FrameTrack(vsrc, video, 0.0, wanted=_window_targets_in(targets, hop, window)) \
+            if video is not None else None
         samples = _AudioTrack(asrc, audio, spec.sample_rate, 0.0) if audio is not None else None
         picked: dict[tuple[int, int], list | None] = {}  # (window, frame) -> chosen frame, picked in time order
         for k in itertools.count():
@@ -388,8 +394,10 @@ def _exhausted(track, t: float) -> bool:
 
 
 # ---- demuxing with bounded work ------------------------------------------------------------------
-def _decoded(src: _Source, index: int, t_from: float, margin: float) -> Iterator[tuple[float | None, Any]]:
+def _decoded(src: _Source, index: int, t_from: float, margin: float,
+             wanted=None) -> Iterator[tuple[float | None, Any]]:
     """Yield (time, frame) of stream `index` starting at or before `t_from` (seeking there first).
+    `wanted` (video): see `_decode_all`.
 
     If a seek lands after `t_from` (inexact index), try earlier, then the start of the stream, then
     reopening the file (MPEG-TS cannot always seek back to its first keyframe).
@@ -397,16 +405,18 @@ def _decoded(src: _Source, index: int, t_from: float, margin: float) -> Iterator
     for attempt in [t for t in (t_from - margin, t_from - 5.0) if t > 0] + ["start", "reopen"]:
         if attempt == "reopen":
             src.rewind()
-        elif attempt == "start":
+        if not _reference():  # before seeking, so that a seek reads no other stream either
+            _only(src.container, src.container.streams[index])
+        if attempt == "start":
             if not src.fresh and not _seek(src, index, None):
                 continue
-        elif not _seek(src, index, attempt):
+        elif attempt != "reopen" and not _seek(src, index, attempt):
             continue
         final = attempt == "reopen" or (attempt == "start" and src.fresh)  # nothing earlier to try
         src.fresh = False
         stream, origin = src.container.streams[index], _origin(src.container)
         first_time = _stream_start(stream, origin) if attempt == "start" else None
-        frames = _decode_all(src.path, src.container, stream, origin)
+        frames = _decode_all(src.path, src.container, stream, origin, wanted)
         first = next(frames, None)
         if first is None:
             if final:
@@ -440,18 +450,39 @@ def _seek(src: _Source, index: int, t: float | None) -> bool:
         return False
 
 
-def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float | None, Any]]:
-    """Decode from the current position; stop work that does not move forward in time."""
+def _decode_all(path, container, stream, origin: float, wanted=None) -> Iterator[tuple[float | None, Any]]:
+    """Decode from the current position; stop work that does not move forward in time.
+
+    Only work that cannot change a result is skipped (`reference_decode` turns all of it off):
+    - the demuxer drops the packets of every other stream (`_only`, set by `_decoded`);
+    - with `wanted(a, b)` (video: "is a frame target time in [a, b]?"), a packet whose frame cannot be
+      the one on screen at any target is sent with skip_frame=NONREF, so the decoder drops it if no
+      other frame references it (B-frames). Frame p is on screen at t iff p <= t < the next frame's
+      time, so it is not needed if some other frame q > p is known (read ahead, or already read) and
+      no target lies in [p, q]. Kept conservative: never before the first frame came out, only while
+      frames come out in rising time order with no jump (see `_MAX_JUMP`), and only when p and q are
+      at most `_SKIP_REACH` after the last frame out and p, so that kept frames stay less than
+      2 * `_SKIP_REACH` apart: `_FrameTrack` then sees the same times as in a full decode.
+    """
     import av
 
+    full = _reference()
     count, bad, decoded, earliest, latest = 0, 0, 0, None, None
+    skip = None if full or wanted is None else _SkipPlan(stream, origin, wanted)
+    cc = stream.codec_context
     try:
-        for packet in container.demux(stream):
+        packets = container.demux(stream)
+        if skip is not None:
+            cc.skip_frame = "DEFAULT"
+            packets = skip.read_ahead(packets)
+        for packet in packets:
             count += 1
             progress = 0.0 if earliest is None else latest - earliest
             if count > _PACKET_ALLOWANCE + _PACKETS_PER_SECOND * progress + 4 * decoded:
                 raise MediaError(path, f"gave up after {count} packets of stream {stream.index} without "
                                        "reaching the window (timestamps do not advance; damaged file?)")
+            if skip is not None:
+                skip.before(packet, cc)
             try:
                 frames = packet.decode()
             except (av.FFmpegError, ValueError) as exc:  # a corrupt packet: skip it
@@ -462,6 +493,8 @@ def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float 
             decoded += len(frames)
             for frame in frames:
                 t = None if frame.time is None else float(frame.time) - origin
+                if skip is not None:
+                    skip.shown(t)
                 if t is not None:
                     earliest = t if earliest is None else min(earliest, t)
                     latest = t if latest is None else max(latest, t)
@@ -470,16 +503,128 @@ def _decode_all(path, container, stream, origin: float) -> Iterator[tuple[float 
         raise MediaError(path, f"decoding stream {stream.index} failed ({_why(exc)})") from None
     except MemoryError:
         raise MediaError(path, f"decoding stream {stream.index} ran out of memory") from None
+    finally:
+        if skip is not None:
+            cc.skip_frame = "DEFAULT"
+
+
+def _reference() -> bool:
+    return os.environ.get(_REFERENCE_ENV) == "1"
+
+
+@contextlib.contextmanager
+def reference_decode() -> Iterator[None]:
+    """Within this block (this process and the processes it starts), decode every packet of the streams
+    read, as a plain full decode does: the baseline the fast path must equal bit for bit
+    (tests/test_decode_exact.py) and the "before" of the benchmarks."""
+    before = os.environ.get(_REFERENCE_ENV)
+    os.environ[_REFERENCE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_REFERENCE_ENV, None)
+        else:
+            os.environ[_REFERENCE_ENV] = before
+
+
+def _only(container, stream) -> None:
+    """Let the demuxer drop every other stream's packets (it then need not read them)."""
+    import av
+
+    for s in container.streams:
+        s.discard = av.stream.Discard.default if s.index == stream.index else av.stream.Discard.all
+
+
+class _SkipPlan:
+    """Per-packet skip decisions for one video pass (see `_decode_all`)."""
+
+    def __init__(self, stream, origin: float, wanted):
+        tb = stream.time_base
+        self.num, self.den = (tb.numerator, tb.denominator) if tb else (0, 1)
+        self.origin, self.wanted = origin, wanted
+        self.known: list[float] = []      # sorted times of the packets read lately (and ahead)
+        self.order: list[float] = []      # the same times in reading order (to forget the oldest)
+        self.last_shown: float | None = None
+        self.ok = self.num > 0            # turned off for good on any sign of disorder
+
+    def _time(self, packet) -> float | None:
+        if packet.pts is None:
+            return None
+        return float(packet.pts) * self.num / self.den - self.origin  # as PyAV's frame.time
+
+    def read_ahead(self, packets) -> Iterator[Any]:
+        """The packets unchanged, while remembering the times of up to _LOOKAHEAD packets ahead."""
+        ahead: list = []
+        for packet in packets:
+            self._remember(self._time(packet))
+            ahead.append(packet)
+            if len(ahead) > _LOOKAHEAD:
+                yield ahead.pop(0)
+        yield from ahead
+
+    def _remember(self, t: float | None) -> None:
+        if t is None:
+            return
+        bisect.insort(self.known, t)
+        self.order.append(t)
+        if len(self.order) > 4 * _LOOKAHEAD:
+            old = self.order.pop(0)
+            del self.known[bisect.bisect_left(self.known, old)]
+
+    def before(self, packet, cc) -> None:
+        """Set the decoder's skip_frame for this packet."""
+        cc.skip_frame = "NONREF" if self._skippable(packet) else "DEFAULT"
+
+    def _skippable(self, packet) -> bool:
+        p = self._time(packet)
+        if not self.ok or p is None or packet.size == 0 or self.last_shown is None:
+            return False
+        if not 0 < p - self.last_shown <= _SKIP_REACH:  # frames so far came out in order, and not long ago
+            return False
+        i = bisect.bisect_right(self.known, p)
+        if i == len(self.known):
+            return False
+        q = self.known[i]  # the earliest known frame after p: the next frame is at or before it
+        eps = 1e-6
+        return q - p <= _SKIP_REACH and not self.wanted(p - eps, q + eps)
+
+    def shown(self, t: float | None) -> None:
+        """A frame came out of the decoder at time t."""
+        if t is None or (self.last_shown is not None and (t <= self.last_shown or t - self.last_shown > _MAX_JUMP)):
+            self.ok = False
+        if t is not None:
+            self.last_shown = t if self.last_shown is None else max(self.last_shown, t)
+
+
+def _targets_in(targets: list[float]):
+    """wanted(a, b): does a target lie in [a, b]?"""
+    ts = sorted(targets)
+
+    def wanted(a: float, b: float) -> bool:
+        i = bisect.bisect_left(ts, a)
+        return i < len(ts) and ts[i] <= b
+    return wanted
+
+
+def _window_targets_in(targets, hop: float, window: float):
+    """wanted(a, b) over the targets of every window k (targets(k): its frame times, all within
+    [k * hop, k * hop + window])."""
+    def wanted(a: float, b: float) -> bool:
+        first = max(0, math.floor((a - window) / hop) - 1)
+        last = max(first, math.ceil(b / hop) + 1)
+        return any(a <= t <= b for k in range(first, last + 1) for t in targets(k))
+    return wanted
 
 
 # ---- video ---------------------------------------------------------------------------------------
 class _FrameTrack:
     """Frames of one stream in time order; answers "which frame is on screen at t" for rising t."""
 
-    def __init__(self, src: _Source, index: int, t_first: float):
+    def __init__(self, src: _Source, index: int, t_first: float, wanted=None):
         stream = src.container.streams[index]
         self.fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-        self.frames = _decoded(src, index, t_first, margin=0.05)
+        self.frames = _decoded(src, index, t_first, margin=0.05, wanted=wanted)
         self.shown: list | None = None  # [time, av frame, rgb or None]: last frame with time <= t
         self.ahead: list | None = None  # first frame with time > t
         self.done = False
