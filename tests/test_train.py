@@ -71,10 +71,40 @@ def test_run_writes_bundle_logs_plots_checkpoint(run):
 
 def test_reloaded_bundle_reproduces_validation_metrics(run):
     """The bundle's logits are the trained model's: eval of the reloaded bundle equals the logged val."""
-    from mmdeploy.evaluate import evaluate
+    from mmdeploy.evaluate import evaluate, rounded
 
     meta = json.loads((run / "model.json").read_text())
-    assert {"split": "val", **meta["metrics"]["val"]} == evaluate(run, "val")
+    assert {"split": "val", **rounded(meta["metrics"]["val"])} == evaluate(run, "val")
+
+
+def test_bundle_is_the_best_validation_epoch_not_the_last(recipe, tmp_path, monkeypatch):
+    """Validation accuracy scripted to 0.2, 0.9, 0.4 over three epochs: the bundle must hold epoch 2's
+    weights (snapshotted when its checkpoint was written) and its metrics, not epoch 3's."""
+    real_predict, real_summarize, real_checkpoint = training.predict, training.summarize, training.save_checkpoint
+    split, script, snapshots = {}, iter([0.2, 0.9, 0.4]), []
+
+    def predict(model, loader, device="cpu"):
+        split["now"] = loader.dataset.items[0].split
+        return real_predict(model, loader, device)
+
+    def summarize(logits, labels):
+        out = real_summarize(logits, labels)
+        return {**out, "fused_acc": next(script)} if split["now"] == "val" else out
+
+    def checkpoint(run, model, *args):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_checkpoint(run, model, *args)
+
+    monkeypatch.setattr(training, "predict", predict)
+    monkeypatch.setattr(training, "summarize", summarize)
+    monkeypatch.setattr(training, "save_checkpoint", checkpoint)
+    out = train(recipe, tmp_path / "best", overrides=["train.epochs=3", "train.augment=false"], quiet=True)
+    assert len(snapshots) == 3 and not same(snapshots[1], snapshots[2])
+    bundle = weights(out / "model.safetensors")
+    assert same(bundle, snapshots[1]) and not same(bundle, snapshots[2])
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["metrics"]["best_epoch"] == 2 and meta["metrics"]["val"]["fused_acc"] == 0.9
+    assert [r["best"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [True, True, False]
 
 
 def test_eval_cli_json(run, capsys, monkeypatch):
@@ -88,6 +118,8 @@ def test_eval_cli_json(run, capsys, monkeypatch):
     assert set(result) == {"split", "fused_acc", "per_modality_acc", "macro_f1", "ece", "n"}
     assert result["split"] == "test" and set(result["per_modality_acc"]) == {"audio", "video"}
     assert 0 <= result["fused_acc"] <= 1 and result["n"] > 0
+    numbers = [result["fused_acc"], result["macro_f1"], result["ece"], *result["per_modality_acc"].values()]
+    assert all(isinstance(x, float) and x == round(x, 4) for x in numbers)  # 4 decimals, like the text output
 
 
 def test_resume_after_kill_gives_the_same_weights(recipe, run, tmp_path, monkeypatch):
@@ -130,6 +162,13 @@ def test_paper_schedule_restarts_on_global_steps():
     cosine = SimpleNamespace(name="cosine", warmup_steps=2, t0=4, t_mult=2)
     assert [learning_rate(s, 1.0, cosine, 10) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert learning_rate(10, 1.0, cosine, 10) < 1e-12
+
+
+def test_rounded_metrics_by_hand():
+    from mmdeploy.evaluate import rounded
+
+    assert rounded({"fused_acc": 2 / 3, "per_modality_acc": {"audio": 0.123456, "video": 1.0}, "n": 7, "split": "val"}) \
+        == {"fused_acc": 0.6667, "per_modality_acc": {"audio": 0.1235, "video": 1.0}, "n": 7, "split": "val"}
 
 
 def test_metric_functions_by_hand():
