@@ -86,6 +86,8 @@ def _onnx_reason(run: Path) -> str | None:
     onnx_path = run / "export" / ONNX_FILE
     if not onnx_path.is_file():
         return f"{onnx_path} missing; run `mmdeploy export {run} --onnx`"
+    if not (run / "model.json").is_file():
+        return None  # not a bundle: building the backend (verify_bundle) says so, in one line
     meta = read_meta(run)
     if read_onnx_metadata(onnx_path)[2].get("mmdeploy.weights_sha256") != meta["weights"]["sha256"]:
         return f"{onnx_path} was exported from other weights than {run / 'model.safetensors'}; " \
