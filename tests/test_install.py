@@ -168,3 +168,12 @@ def test_built_bento_serves_a_real_clip_from_a_clean_environment(tiny_exported, 
                 tmp_path / "bento.log") as url:
         answer = classify_over_http(url, media_dir / CLIP)
         assert answer["label"] in answer["probs"] and answer["modalities"]
+
+
+def test_plain_bentoml_serve_from_the_repository_root(tiny_exported, tmp_path, media_dir):
+    """`bentoml serve` with no argument, the way BentoML users type it: pyproject's [tool.bentoml.build]."""
+    env = clean_env(tmp_path, MMDEPLOY_MODEL=str(tiny_exported[0]), MMDEPLOY_BACKEND="onnxruntime")
+    with server([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"], REPO, env,
+                tmp_path / "root.log") as url:
+        answer = classify_over_http(url, media_dir / CLIP)
+        assert answer["label"] in answer["probs"] and answer["backend"].startswith("onnxruntime")
