@@ -209,8 +209,9 @@ def verify_weights(run: Path, meta: dict[str, Any]) -> bytes:
     data = weights.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta["weights"]["sha256"]:
-        raise BundleError(f"{weights}: sha256 {digest[:12]}... differs from the digest in {META} "
-                          f"({str(meta['weights']['sha256'])[:12]}...): the weights were modified; restore them or retrain")
+        recorded = str(meta["weights"]["sha256"])[:12]
+        raise BundleError(f"{weights}: sha256 {digest[:12]}... differs from the digest in {META} ({recorded}...): "
+                          "the weights were modified; restore them or retrain")
     spec = ClipSpec.from_dict(meta["spec"], where=f"{meta_path}: spec")
     for name, shape in input_shapes(spec).items():
         recorded = meta["inputs"].get(name) if isinstance(meta["inputs"], dict) else None
@@ -226,9 +227,9 @@ def verify_weights(run: Path, meta: dict[str, Any]) -> bytes:
         sealed = json.loads(raw)
         if _canonical(meta[key]) != _canonical(sealed):
             extra = _spec_changes(meta[key], sealed) if key == "spec" else ""
-            raise BundleError(f"{meta_path}: {key} ({_describe(key, meta[key], sealed)}) differs from the {key} the "
-                              f"weights were trained with ({_describe(key, sealed, meta[key])}, sealed in {WEIGHTS}){extra}; "
-                              f"restore {META} or retrain")
+            ours, theirs = _describe(key, meta[key], sealed), _describe(key, sealed, meta[key])
+            raise BundleError(f"{meta_path}: {key} ({ours}) differs from the {key} the weights were trained with "
+                              f"({theirs}, sealed in {WEIGHTS}){extra}; restore {META} or retrain")
     return data
 
 
