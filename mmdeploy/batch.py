@@ -379,13 +379,17 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     wall_s: float = 0.0
-    start_s: float = 0.0  # engine start-up (Ray: init/join + actors), part of wall_s
+    first_s: float = 0.0  # until the first file was done: listing, engine start-up (Ray init, actors), model load
     parts: int = 0
 
+    @property
+    def rate(self) -> float:
+        """Files per second once started: from the first file done to the last."""
+        return (self.done - 1) / (self.wall_s - self.first_s) if self.done > 1 and self.wall_s > self.first_s else 0.0
+
     def line(self, out: Path) -> str:
-        rate = self.done / max(self.wall_s - self.start_s, 1e-9)
         return (f"{out}: {self.done} done ({self.failed} failed), {self.skipped} skipped, {self.total} inputs; "
-                f"wall {self.wall_s:.1f} s (start-up {self.start_s:.1f} s), {rate:.1f} files/s")
+                f"wall {self.wall_s:.1f} s, first file after {self.first_s:.1f} s, then {self.rate:.1f} files/s")
 
 
 @dataclass
@@ -435,6 +439,8 @@ def run_batch(inputs: list[str], out: str | Path, job: Job, engine: str = "local
         failed = int(rows[-1]["error"] is not None)
         summary.done += 1
         summary.failed += failed
+        if summary.done == 1:
+            summary.first_s = time.perf_counter() - t0
         if failed and on_error:
             on_error(f"{rows[-1]['path']}: {rows[-1]['error']}")
         progress.update(1, failed)
@@ -448,7 +454,7 @@ def run_batch(inputs: list[str], out: str | Path, job: Job, engine: str = "local
             else:
                 from mmdeploy.batch_ray import run_ray
 
-                summary.start_s = run_ray(todo, job, mid, files_done, **(ray_options or {}))
+                run_ray(todo, job, mid, files_done, **(ray_options or {}))
     except BaseException:
         try:
             writer.flush()  # whatever finished is kept, also on Ctrl-C or an error

@@ -40,9 +40,11 @@ LOST = ("its Ray worker died twice while decoding it (a decoder crash, or out of
         "run alone; the file is damaged or hostile")
 
 
-def connect(address: str | None = None, cpus: int | None = None) -> float:
+def connect(address: str | None = None, cpus: int | None = None, temp_dir: str | None = None,
+            attempts: int = 2) -> float:
     """Join the cluster at `address` (a `ray start --head` address, or "auto"), or start a local Ray
-    instance with `cpus` logical CPUs; no-op when Ray is already initialised. Returns seconds taken."""
+    instance with `cpus` logical CPUs (its files under `temp_dir`, default Ray's /tmp/ray); no-op when
+    Ray is already initialised. Returns seconds taken."""
     import ray
 
     t0 = time.perf_counter()
@@ -51,7 +53,9 @@ def connect(address: str | None = None, cpus: int | None = None) -> float:
     logging.getLogger("ray").setLevel(logging.WARNING)
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False,
               "configure_logging": True}
-    for attempt in (1, 2):  # a loaded machine can miss Ray's fixed 30-s raylet start-up wait: try twice
+    if temp_dir:
+        kwargs["_temp_dir"] = temp_dir
+    for attempt in range(1, attempts + 1):  # a loaded machine can miss Ray's fixed 30-s raylet start-up wait
         try:
             if address:
                 ray.init(address=address, **kwargs)
@@ -60,7 +64,7 @@ def connect(address: str | None = None, cpus: int | None = None) -> float:
             break
         except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exception for a start-up timeout
             ray.shutdown()
-            if attempt == 2 or address:
+            if attempt == attempts or address:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
                 fix = ("check `ray status` on the head node" if address
                        else "retry, or start one with `ray start --head` and pass --address auto")
@@ -243,7 +247,9 @@ def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_bl
     return ds
 
 
-def _configure(object_store_mb: int) -> None:
+def configure_data(object_store_mb: int = OBJECT_STORE_MB) -> None:
+    """Ray Data settings for our runs: no progress bars of its own, bounded object store, dropped blocks
+    instead of a failed run."""
     import ray.data
     from ray.data import DataContext
     from ray.data._internal.execution.interfaces import ExecutionResources
@@ -273,7 +279,7 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
     spec_json = load_bundle(job.model, with_model=False).spec.to_json()
     local_cpus = os.cpu_count() or 1
     start = connect(address, cpus=None if address else local_cpus + 1)  # +1: the actor, as classify's main process
-    _configure(object_store_mb)
+    configure_data(object_store_mb)
     gpu = uses_gpu(job.backend)
     resources = ray.cluster_resources()
     if gpu and resources.get("GPU", 0) <= 0:

@@ -79,3 +79,19 @@ def tiny_exported(tiny_bundle, tmp_path_factory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("tiny_exported") / "run"
     shutil.copytree(tiny_bundle, run)
     return run, export(run)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray instance for the session (batch and cache tests); its temp dir and logs live in
+    /tmp, outside the repository."""
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    from mmdeploy.batch_ray import connect
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    connect(cpus=2, temp_dir=temp, attempts=3)  # retries when a loaded machine misses Ray's start-up deadline
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -196,17 +195,6 @@ def test_cli_reports_summary_and_bad_input(folder, tiny_bundle, tmp_path, monkey
 
 
 # ---- the Ray engine ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_session():
-    """One small local Ray instance for this module; its temp dir and logs live outside the repository."""
-    ray = pytest.importorskip("ray")
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 def crash_on_named(path, spec):
     """Decode job that kills its Ray worker on files named *crash*, as a decoder segfault would."""
     from mmdeploy.classify import file_job
@@ -216,7 +204,7 @@ def crash_on_named(path, spec):
     return file_job(path, spec)
 
 
-def test_ray_gives_the_local_labels_and_a_dead_worker_costs_only_its_file(ray_session, folder, local,
+def test_ray_gives_the_local_labels_and_a_dead_worker_costs_only_its_file(ray_local, folder, local,
                                                                           tiny_bundle, tmp_path):
     from mmdeploy.batch_ray import LOST
 
@@ -239,7 +227,7 @@ def test_ray_gives_the_local_labels_and_a_dead_worker_costs_only_its_file(ray_se
     assert (again.done, again.skipped) == (0, 8)
 
 
-def test_ray_timeline_equals_local_timeline(ray_session, folder, tiny_bundle, tmp_path):
+def test_ray_timeline_equals_local_timeline(ray_local, folder, tiny_bundle, tmp_path):
     files = [str(p) for p in sorted(folder.glob("0*.mp4"))[:2]] + [str(folder / "zz_corrupt.mp4")]
     job = Job(model=tiny_bundle, backend="torch", window=1.0, hop=0.5)
     run_batch(files, tmp_path / "local", job, quiet=True)

@@ -116,6 +116,19 @@ def test_warm_cache_fills_entries_and_reports_bad_files(tmp_path, tiny_spec, cli
     assert warm_cache(clips[:2], tiny_spec, tmp_path / "cache", workers=workers) == []
 
 
+def test_warm_cache_on_ray_fills_the_same_entries(ray_local, tmp_path, tiny_spec, clips):
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    bad = [Item(path=str(junk), label="x", split="train")]
+    failures = warm_cache(clips[:2] + bad, tiny_spec, tmp_path / "ray", engine="ray")
+    assert [it for it, _ in failures] == bad and "junk.mp4" in failures[0][1]
+    on_ray, here = FeatureCache(tmp_path / "ray", tiny_spec), FeatureCache(tmp_path / "local", tiny_spec)
+    for item in clips[:2]:
+        assert on_ray.has(item)
+        assert all(torch.equal(a, b) for a, b in zip(on_ray.get(item), here.get(item)))
+    assert warm_cache(clips[:2], tiny_spec, tmp_path / "ray", engine="ray") == []
+
+
 def test_cli_cache_counts_cached_and_skipped_clips(tmp_path, clips, monkeypatch, capsys):
     import sys
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -32,8 +33,15 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     def cache(manifest: Path = typer.Argument(..., help="Manifest CSV."),
               spec: str = typer.Option("synth", help="Spec preset name or a spec JSON file."),
               cache_dir: Path = typer.Option(Path(".cache/features"), "--cache", help="Cache root folder."),
-              workers: int = typer.Option(0, help="Processes (0 = one per CPU).")) -> None:
-        """Decode every clip once and store its features; lists the files that could not be decoded."""
+              workers: int = typer.Option(0, help="Processes (0 = one per CPU); ray: tasks at once."),
+              engine: str = typer.Option("local", "--engine", help="local: process pool; ray: Ray tasks across a "
+                                                                   "cluster (the cache folder must be shared)."),
+              address: Optional[str] = typer.Option(None, "--address", help="ray: join this cluster (none: start "
+                                                                            "a local Ray instance).")) -> None:
+        """Decode every clip once and store its features; lists the files that could not be decoded.
+
+        With --engine ray the features of a large dataset are computed across a Ray cluster into a shared
+        --cache folder (every node must see the clips and the folder at the same paths)."""
         from mmdeploy.data.cache import warm_cache
         from mmdeploy.data.manifest import read_manifest
         from mmdeploy.errors import ConfigError
@@ -43,7 +51,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             raise ConfigError(f"{spec}: spec file not found; pass a preset name or a spec JSON file")
         clip_spec = ClipSpec.from_json(Path(spec).read_text()) if spec.endswith(".json") else preset(spec)
         items = read_manifest(manifest).items
-        failures = warm_cache(items, clip_spec, cache_dir, workers=workers or None)
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"--engine {engine!r}: choose local or ray")
+        failures = warm_cache(items, clip_spec, cache_dir, workers=workers or None, engine=engine, address=address)
         for _, reason in failures:
             typer.echo(f"skipped {reason}", err=True)
         typer.echo(f"{cache_dir / clip_spec.digest()}: {len(items) - len(failures)} of {len(items)} clips cached")

@@ -125,9 +125,11 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path,
-               workers: int | None = None) -> list[tuple[Item, str]]:
-    """Compute every missing entry, in `workers` spawned processes (1 = in this process).
+def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path, workers: int | None = None,
+               engine: str = "local", address: str | None = None) -> list[tuple[Item, str]]:
+    """Compute every missing entry, in `workers` spawned processes (1 = in this process), or with
+    engine="ray" in Ray tasks across a cluster (`address`; none = a local Ray instance), `workers` at once
+    (default: every CPU). With Ray, `root` must be a folder every node sees at the same path.
 
     Returns the items that could not be decoded, with the reason; the rest are cached."""
     cache = FeatureCache(root, spec)
@@ -139,6 +141,10 @@ def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path,
                 todo.append(item)
         except MediaError as exc:
             failures.append((item, str(exc)))
+    if engine == "ray":
+        results = _warm_ray(todo, spec, cache.root, workers, address) if todo else []
+        failures += [(it, err) for it, err in zip(todo, results) if err is not None]
+        return failures
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     if workers == 1:
         results = [_warm_one(cache.root, spec, it) for it in todo]
@@ -149,3 +155,47 @@ def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path,
                                     chunksize=max(1, n // (workers * 8))))
     failures += [(it, err) for it, err in zip(todo, results) if err is not None]
     return failures
+
+
+# ---- on Ray ------------------------------------------------------------------------------------------
+RAY_BATCH = 16  # items per Ray task: what a dying worker costs (the task is retried once)
+
+
+def _warm_batch(batch: dict[str, np.ndarray], root: str, spec_json: str) -> dict[str, np.ndarray]:
+    """Ray task: a batch of items (JSON) -> their error messages ("" = cached)."""
+    torch.set_num_threads(1)
+    spec = ClipSpec.from_json(spec_json)
+    errors = [_warm_one(Path(root), spec, Item(**json.loads(str(t)))) or "" for t in batch["item"]]
+    return {"index": batch["index"], "error": np.array(errors, dtype=object)}
+
+
+def _warm_ray(todo: list[Item], spec: ClipSpec, root: Path, workers: int | None,
+              address: str | None) -> list[str | None]:
+    """The `warm_cache` loop on Ray Data: one task per RAY_BATCH items, at most `workers` at once."""
+    import dataclasses
+    import warnings
+
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+    from mmdeploy.batch_ray import configure_data, connect
+
+    connect(address, cpus=None if address else os.cpu_count())
+    configure_data()
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    texts = [json.dumps(dataclasses.asdict(it)) for it in todo]
+    blocks = [pa.table({"index": list(range(i, min(i + RAY_BATCH, len(texts)))), "item": texts[i:i + RAY_BATCH]})
+              for i in range(0, len(texts), RAY_BATCH)]
+    with warnings.catch_warnings():  # max_retries is a plain Ray remote arg (deprecated spelling)
+        warnings.simplefilter("ignore")
+        ds = ray.data.from_arrow(blocks).map_batches(
+            _warm_batch, batch_size=RAY_BATCH, batch_format="numpy",
+            fn_kwargs={"root": str(Path(root).resolve()), "spec_json": spec.to_json()},
+            compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1, max_retries=1)
+    results: list[str | None] = ["its Ray worker died twice while decoding it (a decoder crash, or out of "
+                                 "memory); the file is damaged or hostile"] * len(todo)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, err in zip(batch["index"], batch["error"]):
+            results[int(i)] = str(err) or None
+    return results
