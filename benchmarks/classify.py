@@ -1,15 +1,24 @@
 """Classify speed: one 3-s clip (decode / features / inference vs PyAV decode alone), a long file's timeline
-(vs `ffmpeg -i FILE -f null -`), and a folder with 1 worker vs all cores. Prints markdown tables.
+against the decoding ceilings, and a folder with 1 worker vs all cores. Prints markdown tables.
 
-    .venv/bin/python benchmarks/classify.py [--model RUN] [--backend auto] [--long-seconds 180]
+    .venv/bin/python benchmarks/classify.py [--model RUN] [--backend auto] [--long-seconds 120]
+        [--sizes 640x360,1280x720] [--rounds 3] [--sections clip,timeline,folder]
+
+The timeline table measures, side by side in one run on the same file (median of --rounds, interleaved):
+`ffmpeg -f null` (every stream), ffmpeg decoding only the video stream with -skip_frame noref (the ceiling:
+what the chosen frames can depend on), bare PyAV full decode, our decode stage alone (`iter_windows`) and
+the whole timeline (`classify_timeline`), each with the fast path and with `media.reference_decode()`
+(every packet decoded: the "before"). CPU s is user + system time of all threads (children for ffmpeg).
 
 Without --model: a random-weight bundle with the paper's ResNet18 encoders at the synth spec (speed only).
-Media is generated in a temp dir with PyAV (H.264 + AAC). Needs `ffmpeg` on PATH for the reference row.
+Media is generated in a temp dir with PyAV (H.264 with B-frames + AAC). Needs `ffmpeg` on PATH for the
+ffmpeg rows.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -22,14 +31,17 @@ import numpy as np
 
 
 def write_clip(path: Path, seconds: float, fps: int, size: tuple[int, int], rate: int = 44100) -> Path:
-    """H.264 (moving gradient + noise) + stereo AAC tone: something a phone could have recorded."""
+    """H.264 with B-frames (moving textured gradient + noise; x264 veryfast, whose adaptive B-frames and
+    b-pyramid code about half the frames as B) + stereo AAC tone: something a camera could have recorded."""
     import av
 
     w, h = size
     rng = np.random.default_rng(0)
     base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2)
+    base += rng.normal(0, 30, base.shape).astype(np.float32)  # texture that moves with the gradient
     with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+        vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast",
+                                                          "x264-params": "bframes=3:b-pyramid=normal"})
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         as_ = out.add_stream("aac", rate=rate, layout="stereo")
         frames, samples, chunk = int(seconds * fps), int(seconds * rate), 1024
@@ -60,6 +72,73 @@ def pyav_decode_all(path: Path) -> None:
             pass
 
 
+def cpu_wall(fn) -> tuple[float, float]:
+    """(CPU s of this process and its children, wall s) of fn()."""
+    def cpu() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    c0, t0 = cpu(), time.perf_counter()
+    fn()
+    return cpu() - c0, time.perf_counter() - t0
+
+
+def with_env(name: str, value: str | None, fn):
+    def run():
+        before = os.environ.get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+    return run
+
+
+def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, label: str) -> None:
+    """One table: our timeline and decode stage (fast and reference) against ffmpeg and bare PyAV."""
+    from mmdeploy.classify import classify_timeline
+    from mmdeploy.media import _REFERENCE_ENV, _THREADS_ENV, iter_windows
+
+    spec = predictor.spec
+    ffmpeg = shutil.which("ffmpeg")
+    quiet = {"check": True, "stdout": subprocess.DEVNULL}
+    rows = []
+    if ffmpeg:
+        rows += [("`ffmpeg -i FILE -f null -` (all streams)",
+                  lambda: subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-i", str(long), "-f", "null", "-"], **quiet)),
+                 ("`ffmpeg -skip_frame noref -i FILE -map 0:v:0 -f null -` (video only, non-ref skipped)",
+                  lambda: subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-skip_frame", "noref", "-i", str(long),
+                                          "-map", "0:v:0", "-f", "null", "-"], **quiet))]
+    windows = lambda: sum(1 for _ in iter_windows(long, spec))  # noqa: E731
+    timeline = lambda: sum(1 for r in classify_timeline(long, predictor) if "windows" not in r)  # noqa: E731
+    rows += [("bare PyAV full decode (first video + audio stream)", lambda: pyav_decode_all(long)),
+             ("ours, decode stage (`iter_windows`), reference decode", with_env(_REFERENCE_ENV, "1", windows)),
+             ("ours, decode stage (`iter_windows`), fast path", with_env(_REFERENCE_ENV, None, windows)),
+             ("ours, timeline, reference decode (before)", with_env(_REFERENCE_ENV, "1", timeline)),
+             ("ours, timeline, fast path, 1 decode thread",
+              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, "1", timeline))),
+             ("**ours, timeline, fast path (default: frame threads = cores)**",
+              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, None, timeline)))]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in rows}
+    for _ in range(rounds):
+        for name, fn in rows:
+            results[name].append(cpu_wall(fn))
+    print(f"| {label}: {seconds:.0f}-s file, {len(rows)} ways, median of {rounds} | wall s | CPU s | "
+          "media s / wall s | throughput vs ffmpeg -f null |\n|---|---:|---:|---:|---:|")
+    walls = {name: statistics.median(w for _, w in r) for name, r in results.items()}
+    ref = walls[rows[0][0]] if ffmpeg else None
+    for name, r in results.items():
+        cpu = statistics.median(c for c, _ in r)
+        ratio = f"{ref / walls[name]:.2f}x" if ref else "n/a (no ffmpeg)"
+        print(f"| {name} | {walls[name]:.2f} | {cpu:.2f} | {seconds / walls[name]:.1f} | {ratio} |")
+    print()
+
+
 def best_of(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -87,15 +166,19 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="run folder (default: random ResNet18 bundle at --spec)")
     ap.add_argument("--spec", default="synth", help="preset for the random bundle")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--long-seconds", type=float, default=180.0)
-    ap.add_argument("--size", default="640x360", help="video size of the generated files")
+    ap.add_argument("--long-seconds", type=float, default=120.0)
+    ap.add_argument("--size", default="640x360", help="video size of the 3-s clips")
+    ap.add_argument("--sizes", default="640x360,1280x720", help="video sizes of the long files (timeline)")
     ap.add_argument("--folder-clips", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the timeline table")
+    ap.add_argument("--sections", default="clip,timeline,folder")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
 
     import torch
 
-    from mmdeploy.classify import classify_file, classify_files, classify_timeline, expand_paths, inference_threads
+    from mmdeploy.classify import classify_file, classify_files, expand_paths, inference_threads
     from mmdeploy.runtime import load_predictor
 
     size = tuple(int(v) for v in args.size.split("x"))
@@ -106,45 +189,39 @@ def main() -> None:
         torch.set_num_threads(threads)
         predictor = load_predictor(run, args.backend, threads=threads)
         clip = write_clip(tmp / "clip3s.mp4", 3.0, 25, size)
-        long = write_clip(tmp / "long.mp4", args.long_seconds, 25, size)
         folder = tmp / "folder"
         folder.mkdir()
         for i in range(args.folder_clips):
             shutil.copy(clip, folder / f"clip{i:03d}.mp4")
-        print(f"machine: {os.cpu_count()}-core CPU (load average {os.getloadavg()[0]:.1f} at start), backend "
-              f"{predictor.backend} ({threads} inference threads), spec window {predictor.spec.window_seconds}s, frames "
-              f"{predictor.spec.frames_shape}, video {args.size} 25 fps\n")
+        print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()}-core CPU "
+              f"(load average {os.getloadavg()[0]:.1f} at start), backend {predictor.backend} ({threads} inference "
+              f"threads), spec window {predictor.spec.window_seconds}s, frames {predictor.spec.frames_shape}, "
+              f"H.264 with B-frames at 25 fps\n")
 
         # 1. one 3-s clip
         classify_file(clip, predictor)  # warm-up
-        parts = [classify_file(clip, predictor)["timings_ms"] for _ in range(args.repeats)]
-        med = {k: statistics.median(p[k] for p in parts) for k in ("decode", "features", "infer")}
-        total = best_of(lambda: classify_file(clip, predictor), args.repeats) * 1e3
-        decode_alone = best_of(lambda: pyav_decode_all(clip), args.repeats) * 1e3
-        print("| 3-s clip (median of %d) | ms |\n|---|---:|" % args.repeats)
-        for k, v in med.items():
-            print(f"| {k} | {v:.1f} |")
-        print(f"| **classify_file total** | **{total:.1f}** |")
-        print(f"| PyAV decode alone (all frames + audio) | {decode_alone:.1f} |")
-        print(f"| total / decode alone | {total / decode_alone:.2f}x (goal <= 1.5x) |\n")
+        if "clip" in sections:
+            parts = [classify_file(clip, predictor)["timings_ms"] for _ in range(args.repeats)]
+            med = {k: statistics.median(p[k] for p in parts) for k in ("decode", "features", "infer")}
+            total = best_of(lambda: classify_file(clip, predictor), args.repeats) * 1e3
+            decode_alone = best_of(lambda: pyav_decode_all(clip), args.repeats) * 1e3
+            print("| 3-s clip (median of %d) | ms |\n|---|---:|" % args.repeats)
+            for k, v in med.items():
+                print(f"| {k} | {v:.1f} |")
+            print(f"| **classify_file total** | **{total:.1f}** |")
+            print(f"| PyAV decode alone (all frames + audio) | {decode_alone:.1f} |")
+            print(f"| total / decode alone | {total / decode_alone:.2f}x (goal <= 1.5x) |\n")
 
-        # 2. timeline of a long file vs ffmpeg -f null
-        t0 = time.perf_counter()
-        windows = sum(1 for r in classify_timeline(long, predictor) if "windows" not in r)
-        ours = time.perf_counter() - t0
-        print(f"| timeline, {args.long_seconds:.0f}-s file | wall s | media s / wall s |\n|---|---:|---:|")
-        print(f"| classify --window {predictor.spec.window_seconds:g} ({windows} windows) | {ours:.2f} | "
-              f"{args.long_seconds / ours:.1f} |")
-        if shutil.which("ffmpeg"):
-            t0 = time.perf_counter()
-            subprocess.run(["ffmpeg", "-v", "error", "-i", str(long), "-f", "null", "-"], check=True)
-            ref = time.perf_counter() - t0
-            print(f"| ffmpeg -i FILE -f null - | {ref:.2f} | {args.long_seconds / ref:.1f} |")
-            print(f"| throughput vs ffmpeg | | {ref / ours:.2f}x (goal >= 0.8x) |\n")
-        else:
-            print("| ffmpeg -f null | not installed (apt-get install -y ffmpeg) | |\n")
+        # 2. timeline of long files vs the decoding ceilings
+        if "timeline" in sections:
+            for dims in args.sizes.split(","):
+                long = write_clip(tmp / f"long{dims}.mp4", args.long_seconds, 25,
+                                  tuple(int(v) for v in dims.split("x")))
+                timeline_vs_ceiling(long, args.long_seconds, predictor, args.rounds, dims)
 
         # 3. folder, 1 worker vs all cores (the first pool also starts the forkserver: torch + PyAV imports)
+        if "folder" not in sections:
+            return
         paths, _ = expand_paths([str(folder)])
         cores = os.cpu_count() or 1
         print(f"| folder of {len(paths)} 3-s clips | wall s | files/s |\n|---|---:|---:|")

@@ -56,6 +56,7 @@ _SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguo
 _LOOKAHEAD = 16              # video packets read ahead of the decoder, to know the next frame's time
 _SKIP_REACH = 1.0            # s: a frame is skipped only if a frame at most this much later is known
 _REFERENCE_ENV = "MMDEPLOY_REFERENCE_DECODE"  # "1": decode every packet (see reference_decode)
+_THREADS_ENV = "MMDEPLOY_DECODE_THREADS"      # frame threads of a timeline's video decoder (see _timeline_threads)
 
 
 # ---- what a file holds ---------------------------------------------------------------------------
@@ -213,8 +214,8 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
         def targets(k: int) -> list[float]:
             return _frame_targets(spec, k * hop, _window_length(spec, k * hop, None, duration))
 
-        frames = _FrameTrack(vsrc, video, 0.0, wanted=_window_targets_in(targets, hop, window)) \
-            if video is not None else None
+        frames = _FrameTrack(vsrc, video, 0.0, wanted=_window_targets_in(targets, hop, window),
+                             threads=_timeline_threads()) if video is not None else None
         samples = _AudioTrack(asrc, audio, spec.sample_rate, 0.0) if audio is not None else None
         picked: dict[tuple[int, int], list | None] = {}  # (window, frame) -> chosen frame, picked in time order
         for k in itertools.count():
@@ -394,10 +395,11 @@ def _exhausted(track, t: float) -> bool:
 
 
 # ---- demuxing with bounded work ------------------------------------------------------------------
-def _decoded(src: _Source, index: int, t_from: float, margin: float,
-             wanted=None) -> Iterator[tuple[float | None, Any]]:
+def _decoded(src: _Source, index: int, t_from: float, margin: float, wanted=None,
+             threads: int = 0) -> Iterator[tuple[float | None, Any]]:
     """Yield (time, frame) of stream `index` starting at or before `t_from` (seeking there first).
-    `wanted` (video): see `_decode_all`.
+    `wanted` (video): see `_decode_all`. `threads` > 1: decode with that many frame threads (same
+    output, frames come out a few packets later); 0: PyAV's default (slice threads).
 
     If a seek lands after `t_from` (inexact index), try earlier, then the start of the stream, then
     reopening the file (MPEG-TS cannot always seek back to its first keyframe).
@@ -407,6 +409,7 @@ def _decoded(src: _Source, index: int, t_from: float, margin: float,
             src.rewind()
         if not _reference():  # before seeking, so that a seek reads no other stream either
             _only(src.container, src.container.streams[index])
+            _set_threads(src.container.streams[index].codec_context, threads)
         if attempt == "start":
             if not src.fresh and not _seek(src, index, None):
                 continue
@@ -506,6 +509,26 @@ def _decode_all(path, container, stream, origin: float, wanted=None) -> Iterator
     finally:
         if skip is not None:
             cc.skip_frame = "DEFAULT"
+
+
+def _set_threads(cc, threads: int) -> None:
+    if threads and not cc.is_open:
+        cc.thread_type, cc.thread_count = ("FRAME", threads) if threads > 1 else ("SLICE", 1)
+
+
+def _timeline_threads() -> int:
+    """Frame threads for a timeline's video decoder: MMDEPLOY_DECODE_THREADS, else this process's
+    cores. A timeline decodes in one thread and infers in another (classify.py); inference is the
+    lighter of the two for 2-s windows, so frame threads put the decoder on the core inference leaves
+    idle (measured: benchmarks/classify.py). Per-clip decoding (`decode_window`, run in process pools
+    sized to the cores) keeps PyAV's default."""
+    value = os.environ.get(_THREADS_ENV, "").strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _reference() -> bool:
@@ -621,10 +644,10 @@ def _window_targets_in(targets, hop: float, window: float):
 class _FrameTrack:
     """Frames of one stream in time order; answers "which frame is on screen at t" for rising t."""
 
-    def __init__(self, src: _Source, index: int, t_first: float, wanted=None):
+    def __init__(self, src: _Source, index: int, t_first: float, wanted=None, threads: int = 0):
         stream = src.container.streams[index]
         self.fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-        self.frames = _decoded(src, index, t_first, margin=0.05, wanted=wanted)
+        self.frames = _decoded(src, index, t_first, margin=0.05, wanted=wanted, threads=threads)
         self.shown: list | None = None  # [time, av frame, rgb or None]: last frame with time <= t
         self.ahead: list | None = None  # first frame with time > t
         self.done = False
