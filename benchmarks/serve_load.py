@@ -1,19 +1,35 @@
-"""Load on the HTTP service: requests/s and latency percentiles per concurrency, batching on vs off,
-against the offline batched pipeline (`mmdeploy.classify.classify_files`) as the ceiling; or a soak.
+"""Load on the HTTP service, side by side with the offline pipeline in one run; or a soak.
 
     .venv/bin/python benchmarks/serve_load.py --model runs/demo [--clip FILE] [--requests 64]
-        [--concurrency 1,8,32] [--api-workers 1] [--max-seconds 120]
-    .venv/bin/python benchmarks/serve_load.py --model runs/demo --soak 600 [--concurrency 8]
+        [--concurrency 1,8,32] [--batching on,off] [--max-seconds 120] [--env MMDEPLOY_MODEL_CORES=1 ...]
+    .venv/bin/python benchmarks/serve_load.py --model runs/demo --soak 600 [--concurrency 16]
+    .venv/bin/python benchmarks/serve_load.py --model runs/demo --fuzz /tmp/fuzz [--concurrency 4]
 
-The script starts the service itself (`mmdeploy serve`, once with MMDEPLOY_BATCHING=1 and once with 0)
-on a free 127.0.0.1 port in its own process group and stops it at the end; traffic goes only there and is
-bounded by --requests per level and --max-seconds per level (soak: by --soak seconds). Goal at
-concurrency 32: >= 0.8x offline files/s, p99 <= 3x p50, zero errors. Soak prints errors and the
-service's resident memory (all its processes) every --every seconds.
+The script starts the service itself (`mmdeploy serve`) on a free 127.0.0.1 port in its own process group
+and stops it at the end; traffic goes only there, bounded by --requests per level and --max-seconds per
+level (soak: by --soak seconds).
+
+Load: first the offline figures in this process (`mmdeploy.classify`, decoding isolated in worker
+processes as the CLI does): one file's latency (classify_file, warm, median) and folder throughput
+(classify_files, steady state); then per batching setting and concurrency: req/s, x offline, latency
+percentiles, and the service's own per-stage profile (medians of the answers' timings_ms: decode, features,
+infer; "rest" = p50 minus those: HTTP, queueing for a decode process, model-call round trip).
+Goals (issue #13): concurrency 32 >= 0.9x offline files/s with p99 <= 3x p50; concurrency 1 p50 <= 1.3x
+the offline single-file time.
+
+Soak: --concurrency (last level) clients for --soak seconds; every --every seconds a row with requests,
+errors, and memory: the API worker's RSS, the model worker's RSS and the proportional set size (PSS:
+shared pages counted once) of all the service's processes. Then the growth over the second half and
+every error's cause with its count (a 503 says which: model queue full, model service restarting, ...).
+
+Fuzz: every file of a corpus (`benchmarks/fuzz_corpus.py make --out DIR`) to /classify, every
+--timeline-every-th also to /timeline; counts answers by status; 5xx or a broken connection is a failure
+(exit 1). Decoder crashes must come back as 422 with the service still ready.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import socket
@@ -33,13 +49,13 @@ DEFAULT_CLIP = REPO.parent / "shared" / "media" / "cremad_1001_DFA_ANG_XX.flv"
 
 
 @contextlib.contextmanager
-def service(model: Path, backend: str, batching: bool, api_workers: int, log: Path):
+def service(model: Path, backend: str, batching: bool, api_workers: int, log: Path, extra_env: dict[str, str]):
     """`mmdeploy serve` on a free loopback port -> (base URL, server pid); stopped on exit."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MMDEPLOY_BATCHING": "1" if batching else "0", "MMDEPLOY_API_WORKERS": str(api_workers),
-           "MMDEPLOY_DECODE_THREADS": "32", "BENTOML_DO_NOT_TRACK": "True"}
+           "BENTOML_DO_NOT_TRACK": "True", **extra_env}
     env.pop("MMDEPLOY_MODEL", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mmdeploy", "serve", "--model", str(model), "--backend",
@@ -67,9 +83,11 @@ def _ready(url: str) -> bool:
 
 
 def load(url: str, data: bytes, name: str, concurrency: int, requests: int, max_seconds: float) -> dict:
-    """`requests` uploads, `concurrency` at a time (stopping early at max_seconds) -> rps, percentiles, errors."""
+    """`requests` uploads, `concurrency` at a time (stopping early at max_seconds) -> rps, percentiles,
+    stage medians, errors (a Counter of causes)."""
     latencies: list[float] = []
-    errors: list[str] = []
+    stages: dict[str, list[float]] = collections.defaultdict(list)
+    errors: collections.Counter = collections.Counter()
     lock = threading.Lock()
     stop_at = time.monotonic() + max_seconds
     todo = iter(range(requests))
@@ -81,32 +99,47 @@ def load(url: str, data: bytes, name: str, concurrency: int, requests: int, max_
                     if next(todo, None) is None:
                         return
                 t0 = time.perf_counter()
+                timings, what = None, ""
                 try:
                     r = client.post(url + "/classify", files={"video": (name, data)})
-                    ok = r.status_code == 200
-                    what = f"{r.status_code} {r.text[:120]}"
+                    if r.status_code == 200:
+                        timings = r.json()["timings_ms"]
+                    else:
+                        what = f"{r.status_code} {r.text[:160]}"
                 except httpx.HTTPError as exc:
-                    ok, what = False, repr(exc)
+                    what = repr(exc)[:160]
                 with lock:
-                    (latencies.append(time.perf_counter() - t0) if ok else errors.append(what))
+                    if timings is None:
+                        errors[what] += 1
+                    else:
+                        latencies.append(time.perf_counter() - t0)
+                        for k, v in timings.items():
+                            stages[k].append(v)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
     wall = time.perf_counter() - t0
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else (latencies or [0]) * 99
     return {"n": len(latencies), "rps": len(latencies) / wall, "p50": q[49] * 1e3, "p95": q[94] * 1e3,
-            "p99": q[98] * 1e3, "errors": len(errors), "first_error": errors[0] if errors else ""}
+            "p99": q[98] * 1e3, "errors": errors,
+            "stages": {k: statistics.median(v) for k, v in stages.items()}}
 
 
-def offline_rate(model: Path, backend: str, clip: Path, files: int) -> float:
-    """Steady-state files/s of classify_files (worker-process decoding, batched inference) on `files`
-    links to the clip: the second half of the results over the time they took (skips pool start-up)."""
-    from mmdeploy.classify import classify_files
+def offline(model: Path, backend: str, clip: Path, files: int) -> tuple[float, float]:
+    """(median ms of one warm `classify_file` call, steady-state files/s of `classify_files` on `files` links
+    to the clip: the second half of the results over the time they took, which skips pool start-up)."""
+    from mmdeploy.classify import classify_file, classify_files
     from mmdeploy.runtime import load_predictor
 
     predictor = load_predictor(model, backend)
+    classify_file(clip, predictor)  # warm: worker process, imports
+    single = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        classify_file(clip, predictor)
+        single.append((time.perf_counter() - t0) * 1e3)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i in range(files):  # links, not copies: the clip stays where it is
@@ -119,33 +152,102 @@ def offline_rate(model: Path, backend: str, clip: Path, files: int) -> float:
                 raise SystemExit(f"offline pipeline failed: {result}")
             times.append(time.perf_counter())
     half = len(times) // 2
-    return (len(times) - 1 - half) / (times[-1] - times[half])
+    return statistics.median(single), (len(times) - 1 - half) / (times[-1] - times[half])
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of the service: the server process and all its workers."""
+# ---- memory --------------------------------------------------------------------------------------
+def memory(pid: int) -> dict[str, float]:
+    """MB: the API worker's RSS, the model worker's RSS, and the PSS of every process of the service."""
     import psutil
 
-    total = 0
+    out = {"api_rss": 0.0, "model_rss": 0.0, "pss": 0.0, "processes": 0}
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-    return total / 2**20
+                cmd = " ".join(p.cmdline())
+                mem = p.memory_full_info()
+                out["pss"] += getattr(mem, "pss", mem.rss) / 2**20
+                out["processes"] += 1
+                if "_bentoml_impl.worker.service" in cmd:
+                    out["model_rss" if "av-model" in cmd else "api_rss"] += mem.rss / 2**20
+    return out
 
 
-def soak(url: str, pid: int, data: bytes, name: str, concurrency: int, seconds: float, every: float) -> None:
-    print("| t (s) | requests | errors | RSS (MB) |\n|---|---|---|---|")
-    print(f"| 0 | 0 | 0 | {rss_mb(pid):.0f} |")
-    done = errors = 0
+def soak(url: str, pid: int, data: bytes, name: str, concurrency: int, seconds: float, every: float,
+         log: Path) -> None:
+    print(f"soak: {concurrency} clients for {seconds:.0f} s\n")
+    print("| t (s) | requests | errors | p50 ms | API worker RSS MB | model worker RSS MB | all processes PSS MB "
+          "| processes |\n|---|---|---|---|---|---|---|---|")
+    m = memory(pid)
+    rows = [(0.0, m)]
+    print(f"| 0 | 0 | 0 | | {m['api_rss']:.0f} | {m['model_rss']:.0f} | {m['pss']:.0f} | {m['processes']} |")
+    done = 0
+    errors: collections.Counter = collections.Counter()
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
-        step = min(every, seconds - elapsed)
-        r = load(url, data, name, concurrency, requests=10**9, max_seconds=step)
+        r = load(url, data, name, concurrency, requests=10**9, max_seconds=min(every, seconds - elapsed))
         done += r["n"]
-        errors += r["errors"]
-        print(f"| {time.monotonic() - start:.0f} | {done} | {errors} | {rss_mb(pid):.0f} |", flush=True)
+        errors.update(r["errors"])
+        m = memory(pid)
+        t = time.monotonic() - start
+        rows.append((t, m))
+        print(f"| {t:.0f} | {done} | {sum(errors.values())} | {r['p50']:.0f} | {m['api_rss']:.0f} "
+              f"| {m['model_rss']:.0f} | {m['pss']:.0f} | {m['processes']} |", flush=True)
+    mid = min(rows, key=lambda row: abs(row[0] - rows[-1][0] / 2))[1]
+    end = rows[-1][1]
+    print("\ngrowth over the second half: " + ", ".join(
+        f"{k} {100 * (end[k] - mid[k]) / mid[k]:+.1f} %" for k in ("api_rss", "model_rss", "pss") if mid[k]))
+    print(f"errors: {sum(errors.values())} of {done + sum(errors.values())} requests")
+    for what, n in errors.most_common():
+        print(f"  {n} x {what}")
+    logged = [line for line in log.read_text(errors="replace").splitlines() if "[WARNING]" in line and " 50" in line]
+    for line in logged[:20]:
+        print(f"  service log: {line[:300]}")
+
+
+def fuzz(url: str, corpus: Path, concurrency: int, timeline_every: int, log: Path) -> int:
+    """Every file under `corpus` to /classify (and every `timeline_every`-th to /timeline, read to the end):
+    answers by status; 5xx and broken connections are failures. Returns their count."""
+    files = sorted(p for p in corpus.rglob("*") if p.is_file())
+    codes: collections.Counter = collections.Counter()
+    bad: list[str] = []
+    lock = threading.Lock()
+
+    def one(i_path) -> None:
+        i, path = i_path
+        endpoints = ["/classify"] + (["/timeline"] if timeline_every and i % timeline_every == 0 else [])
+        for endpoint in endpoints:
+            try:
+                with httpx.stream("POST", url + endpoint, files={"video": (path.name, path.read_bytes())},
+                                  timeout=300) as r:
+                    body = b"".join(r.iter_bytes())
+                key, ok = f"{endpoint} {r.status_code}", r.status_code < 500
+                if b"decoder crashed" in body:
+                    key += " (decoder crashed)"
+                elif b"took longer" in body:
+                    key += " (decode timeout)"
+            except httpx.HTTPError as exc:
+                key, ok, body = f"{endpoint} {type(exc).__name__}", False, b""
+            with lock:
+                codes[key] += 1
+                if not ok:
+                    bad.append(f"{path}: {key} {body[:160]!r}")
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, enumerate(files)))
+    print(f"fuzz: {len(files)} files from {corpus} in {time.monotonic() - t0:.0f} s, concurrency {concurrency}\n")
+    print("| endpoint and answer | count |\n|---|---|")
+    for key, n in sorted(codes.items()):
+        print(f"| {key} | {n} |")
+    text = log.read_text(errors="replace")
+    print(f"\nfailures (5xx or broken connection): {len(bad)}; /readyz after: "
+          f"{httpx.get(url + '/readyz', timeout=10).status_code}; tracebacks in the service log: "
+          f"{text.count('Traceback')}")
+    for line in bad[:20]:
+        print("  " + line)
+    return len(bad)
 
 
 def main() -> None:
@@ -154,39 +256,56 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--batching", default="on,off", help="on, off or on,off")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--max-seconds", type=float, default=120, help="time cap per level")
     ap.add_argument("--api-workers", type=int, default=1)
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service (repeatable)")
     ap.add_argument("--soak", type=float, nargs="?", const=600.0, default=None, help="soak for SECONDS (600)")
     ap.add_argument("--every", type=float, default=30, help="soak: report interval, seconds")
+    ap.add_argument("--fuzz", type=Path, default=None, help="post every file of this corpus folder "
+                                                            "(benchmarks/fuzz_corpus.py make) and count 5xx")
+    ap.add_argument("--timeline-every", type=int, default=10, help="fuzz: every Nth file also to /timeline")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    extra_env = dict(item.split("=", 1) for item in args.env)
     data, name = args.clip.read_bytes(), args.clip.name
     log_dir = Path(tempfile.mkdtemp(prefix="serve_load-"))
     print(f"clip {name} ({len(data) / 1e6:.2f} MB), model {args.model}, backend {args.backend}, "
-          f"{os.cpu_count()} CPUs, logs in {log_dir}")
+          f"{os.cpu_count()} CPUs, service env {extra_env or '{}'}, logs in {log_dir}")
 
+    if args.fuzz is not None:
+        log = log_dir / "fuzz.log"
+        with service(args.model, args.backend, True, args.api_workers, log, extra_env) as (url, _):
+            failures = fuzz(url, args.fuzz, levels[-1], args.timeline_every, log)
+        raise SystemExit(1 if failures else 0)
     if args.soak is not None:
-        with service(args.model, args.backend, True, args.api_workers, log_dir / "soak.log") as (url, pid):
-            load(url, data, name, 2, 4, 60)  # warm
-            soak(url, pid, data, name, levels[-1], args.soak, args.every)
+        log = log_dir / "soak.log"
+        with service(args.model, args.backend, True, args.api_workers, log, extra_env) as (url, pid):
+            load(url, data, name, 4, 16, 60)  # warm
+            soak(url, pid, data, name, levels[-1], args.soak, args.every, log)
         return
 
-    ceiling = offline_rate(args.model, args.backend, args.clip, args.requests)
-    print(f"\noffline classify_files: {ceiling:.2f} files/s (steady state, {args.requests} files)\n")
-    print("| batching | concurrency | requests | req/s | x offline | p50 ms | p95 ms | p99 ms | p99/p50 | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for batching in (True, False):
+    single_ms, ceiling = offline(args.model, args.backend, args.clip, args.requests)
+    print(f"\noffline: one file {single_ms:.0f} ms (classify_file, warm, median of 15); "
+          f"folder {ceiling:.2f} files/s (classify_files, steady state, {args.requests} files)\n")
+    print("| batching | concurrency | requests | req/s | x offline | p50 ms | p95 ms | p99 ms | p99/p50 "
+          "| p50 / offline file | decode | features | infer | rest | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for batching in [b.strip() == "on" for b in args.batching.split(",")]:
         with service(args.model, args.backend, batching, args.api_workers,
-                     log_dir / f"batching-{int(batching)}.log") as (url, _):
+                     log_dir / f"batching-{int(batching)}.log", extra_env) as (url, _):
             load(url, data, name, 4, 16, 120)  # warm both sides and BentoML's batching optimizer (~11 calls)
             for c in levels:
                 r = load(url, data, name, c, args.requests, args.max_seconds)
+                st = r["stages"]
+                rest = r["p50"] - sum(st.get(k, 0.0) for k in ("decode", "features", "infer"))
                 print(f"| {'on' if batching else 'off'} | {c} | {r['n']} | {r['rps']:.2f} | {r['rps'] / ceiling:.2f} "
-                      f"| {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['p99'] / r['p50']:.1f} "
-                      f"| {r['errors']} |", flush=True)
-                if r["errors"]:
-                    print(f"  first error: {r['first_error']}")
+                      f"| {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['p99'] / max(r['p50'], 1e-9):.1f} "
+                      f"| {r['p50'] / single_ms:.2f} | {st.get('decode', 0):.0f} | {st.get('features', 0):.0f} "
+                      f"| {st.get('infer', 0):.0f} | {rest:.0f} | {sum(r['errors'].values())} |", flush=True)
+                for what, n in r["errors"].most_common(3):
+                    print(f"  {n} x {what}")
 
 
 if __name__ == "__main__":

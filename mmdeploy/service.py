@@ -1,56 +1,84 @@
 """HTTP service: `bentoml serve` from the repository root, `bentoml serve mmdeploy.service:AVClassifier`
 anywhere mmdeploy is installed, or `mmdeploy serve`.
 
-AVClassifier (API worker) takes uploads, decodes them with PyAV in a thread pool and builds the result
-JSON with mmdeploy.classify; every model call goes to AVModel, whose one batchable API lets concurrent
-requests share a model call. Knobs: MMDEPLOY_* environment variables (mmdeploy/serving_core.py).
+AVClassifier (API worker) takes uploads and has each one decoded (PyAV) and turned into features in a
+decode process (`mmdeploy.isolate`): a decoder crash or hang on a hostile file costs only that upload
+(422), never the worker or the requests beside it. At most MMDEPLOY_DECODE_THREADS uploads decode at once
+(default: one per core); the rest wait their turn. The result JSON is built by mmdeploy.classify; every
+model call goes to AVModel, whose one batchable API lets concurrent requests share a model call.
+Knobs and request bounds: mmdeploy/serving_core.py; answer models: mmdeploy/serving_schema.py.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
 import numpy as np
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.staticfiles import StaticFiles
+from typing_extensions import Annotated
 
+from mmdeploy import isolate
 from mmdeploy import serving_core as core
-from mmdeploy.classify import classify_file, classify_timeline
-from mmdeploy.spec import ClipSpec
+from mmdeploy.classify import _finish, classify_timeline
+from mmdeploy.media import probe
+from mmdeploy.serving_schema import ClassifyResult, OpenAPIPatch, TimelineResult
 
 SETTINGS = core.Settings.from_env()
+log = logging.getLogger("mmdeploy.service")
 
 
 @bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.timeout_s})
 class AVModel:
-    """The model (bundle from MMDEPLOY_MODEL, else the BentoML store), loaded and warmed before ready."""
+    """The model (bundle from MMDEPLOY_MODEL, else the BentoML store), loaded and warmed before ready.
+    A model that cannot load keeps this worker up: the cause is logged once (with its traceback), `info`
+    reports it and the API service's /readyz answers 503; restarting would only fail the same way."""
 
-    # Always declared, so `bentoml build` always packs the store model (MMDEPLOY_MODEL only overrides at serve
-    # time); resolved lazily, so serving a run folder needs no store model.
-    bento_model = bentoml.models.BentoModel(SETTINGS.tag)
+    # Declared whenever the store has it, so `bentoml build` packs it even with MMDEPLOY_MODEL set (which only
+    # overrides at serve time); serving a run folder with an empty store declares nothing.
+    if not SETTINGS.model or core.in_store(SETTINGS.tag):
+        bento_model = bentoml.models.BentoModel(SETTINGS.tag)
 
     def __init__(self) -> None:
         from mmdeploy.runtime import load_predictor
 
-        self.predictor = load_predictor(core.model_path(SETTINGS, lambda: self.bento_model.path), SETTINGS.backend)
-        spec = self.predictor.spec
-        self.predictor.predict(np.zeros((2, 1, *spec.spectrogram_shape), np.float32),
-                               np.zeros((2, *spec.frames_shape), np.float32))  # warm-up
+        self.predictor, self.error = None, None
+        cores = SETTINGS.cores()[1]
+        core.pin(cores)
+        try:
+            predictor = load_predictor(core.model_path(SETTINGS, lambda: self.bento_model.path), SETTINGS.backend,
+                                       threads=len(cores))
+            spec = predictor.spec
+            predictor.predict(np.zeros((2, 1, *spec.spectrogram_shape), np.float32),
+                              np.zeros((2, *spec.frames_shape), np.float32))  # warm-up
+            self.predictor = predictor
+        except Exception as exc:  # noqa: BLE001 - reported by readiness, never a restart loop
+            self.error = f"the model cannot be loaded ({type(exc).__name__}: {exc})"
+            log.exception("%s", self.error)
 
     def __is_ready__(self) -> bool:
-        return self.predictor is not None
+        # ready to answer once __init__ ran, loaded or not: BentoML's client waits for a dependency's readiness
+        # before its first call, so a not-ready model would hang the API's readiness probe instead of
+        # letting `info` say why (the API service then reports 503 with the cause)
+        return True
 
     @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch,
                  max_latency_ms=SETTINGS.max_latency_ms)
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """Packed windows [B, D] (serving_core.pack) -> probabilities [B, 3 (fused, audio, video), C]."""
+        if self.predictor is None:
+            raise RuntimeError(self.error)
         return core.stack_probs(self.predictor.predict(*core.unpack(windows, self.predictor.spec)))
 
     @bentoml.api
     def info(self) -> dict:
         p = self.predictor
+        if p is None:
+            return {"error": self.error}
         return {"backend": p.backend, "classes": list(p.classes), "spec": p.spec.to_dict()}
 
 
@@ -59,59 +87,106 @@ class AVClassifier:
     model = bentoml.depends(AVModel)
 
     def __init__(self) -> None:
-        import torch
-
-        torch.set_num_threads(1)  # features run in many decode threads at once; one OpenMP thread each
-        self.pool = core.DecodePool(SETTINGS.decode_threads, SETTINGS.decode_timeout_s)
+        # decode threads each wait on one decode process; model threads wait on model calls (cheap)
+        core.pin(SETTINGS.cores()[0])  # this worker and its decode processes (forked later) run there
+        self.decode = ThreadPoolExecutor(SETTINGS.decode_processes(), thread_name_prefix="decode")
+        self.calls = ThreadPoolExecutor(64, thread_name_prefix="model-call")
         self.model_info: dict | None = None
+        self.ready_log = core.ReadyLog()
+        isolate.IDLE_WORKERS = max(isolate.IDLE_WORKERS, SETTINGS.decode_processes())  # all kept warm
+        isolate.prestart()  # the forkserver imports torch and PyAV once, while the model loads
 
     async def __is_ready__(self) -> bool:
-        if self.model_info is None:
-            info = await self.model.to_async.info()
-            await self.pool.run(core.warm_features, ClipSpec.from_dict(info["spec"]))
-            self.model_info = info
+        """Never raises or hangs: each probe waits at most READY_TIMEOUT_S for the model service."""
+        try:
+            await self._model_info()
+        except core.NotReady as exc:
+            self.ready_log.not_ready(str(exc))
+            return False
+        self.ready_log.ready()
         return True
 
-    async def predictor(self, deadline: float | None) -> core.RemotePredictor:
-        await self.__is_ready__()
-        return core.RemotePredictor(self.model_info, self.model.to_async.predict, asyncio.get_running_loop(),
-                                    deadline, SETTINGS.decode_timeout_s)
+    async def _model_info(self) -> dict:
+        if self.model_info is None:
+            try:
+                info = await asyncio.wait_for(self.model.to_async.info(), core.READY_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready"
+                raise core.NotReady(f"the model service is not answering ({type(exc).__name__}: {exc})") from None
+            if "error" in info:
+                raise core.NotReady(info["error"])
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.decode, lambda: isolate.checkin(isolate.checkout()))  # a warm worker
+            self.model_info = info
+        return self.model_info
+
+    async def predictor(self) -> core.RemotePredictor:
+        return core.RemotePredictor(await self._model_info(), self.model.to_async.predict,
+                                    asyncio.get_running_loop(), None, SETTINGS.decode_timeout_s)
 
     @bentoml.api(route="/classify")
-    async def classify(self, video: Path, ctx: bentoml.Context) -> dict:
-        """The file's first window -> label, probabilities, each modality's opinion, timings."""
+    async def classify(self, video: Path, ctx: bentoml.Context) -> ClassifyResult:
+        """The file's first model window -> label, probabilities, each modality's opinion, the window
+        classified ({start, end} s), timings. Decoded in a separate process: a crash is a 422."""
         name = core.upload_name(ctx.request)
-        deadline = asyncio.get_running_loop().time() + SETTINGS.decode_timeout_s
+        loop = asyncio.get_running_loop()
         try:
-            result = await self.pool.run(classify_file, video, await self.predictor(deadline))
+            predictor = await self.predictor()
+            job = await loop.run_in_executor(self.decode, isolate.decode_isolated, video, predictor.spec,
+                                             SETTINGS.decode_timeout_s)
+            result = await loop.run_in_executor(self.calls, _finish, [job], predictor, 5)
         except Exception as exc:
             return core.fail(ctx, *core.explain(exc, name, SETTINGS.decode_timeout_s))
-        return {**result, "file": name}
+        return JSONResponse({**result[0], "file": name})
 
     @bentoml.api(route="/timeline")
-    async def timeline(self, video: Path, ctx: bentoml.Context, window: float = 0.0, hop: float = 0.0):
-        """NDJSON: one line per window as it is classified, then the whole file's result with `windows`."""
+    async def timeline(self, video: Path, ctx: bentoml.Context, window: float = 0.0,
+                       hop: float = 0.0) -> Annotated[TimelineResult, bentoml.validators.ContentType(
+                           "application/x-ndjson")]:
+        """NDJSON: one line per window as it is classified, then the whole file's result with `windows`.
+        window/hop in seconds (0: the model's window; hop = window); bounds in the README."""
         name = core.upload_name(ctx.request)
-        if not (0 <= window <= 600 and (hop == 0 or hop >= 0.1)):
-            return core.fail(ctx, 400, "window must be in (0, 600] s and hop >= 0.1 s (0: the defaults)")
-        rows = classify_timeline(video, await self.predictor(None), window or None, hop or None)
+        problem = core.timeline_problem(window, hop)
+        if problem:
+            return core.fail(ctx, 400, problem)
+        loop = asyncio.get_running_loop()
         try:
-            first = await self.pool.run(next, rows, None)
+            predictor = await self.predictor()
+            hop = hop or window or predictor.spec.window_seconds
+            info = await loop.run_in_executor(self.decode, isolate.call, video, probe, (str(video),),
+                                              SETTINGS.decode_timeout_s)
+            problem = core.count_problem(info.duration, hop, SETTINGS.max_windows)
+            if problem:
+                return core.fail(ctx, 400, problem)
+            rows = core.Pull(classify_timeline(video, predictor, window or None, hop,
+                                               timeout=SETTINGS.decode_timeout_s), self.calls)
+            first = await rows.next()
         except Exception as exc:
+            if "rows" in locals():
+                rows.close()
             return core.fail(ctx, *core.explain(exc, name, SETTINGS.decode_timeout_s))
 
         async def lines():
-            row = first
-            while row is not None:
-                yield json.dumps({**row, "file": name}) + "\n"
-                try:
-                    row = await self.pool.run(next, rows, None)
-                except Exception as exc:
-                    yield json.dumps({"error": core.explain(exc, name, SETTINGS.decode_timeout_s)[1]}) + "\n"
-                    return
+            row, count = first, 0
+            try:
+                while row is not None:
+                    yield json.dumps({**row, "file": name}) + "\n"
+                    count += 1
+                    if count > SETTINGS.max_windows:  # a file that states no duration: bounded here
+                        yield json.dumps({"error": f"{name}: more than {SETTINGS.max_windows} windows "
+                                                   "(MMDEPLOY_MAX_WINDOWS); use a larger hop"}) + "\n"
+                        return
+                    try:
+                        row = await rows.next()
+                    except Exception as exc:  # noqa: BLE001 - the stream has started: the last line says why
+                        status, message = core.explain(exc, name, SETTINGS.decode_timeout_s)
+                        yield json.dumps({"error": message}) + "\n"
+                        return
+            finally:  # the end, an error, or the client went away: stop decoding now
+                rows.close()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 AVClassifier.add_asgi_middleware(core.UploadGuard, max_bytes=SETTINGS.max_upload_bytes)
+AVClassifier.add_asgi_middleware(OpenAPIPatch)
 AVClassifier.mount_asgi_app(StaticFiles(directory=Path(__file__).parent / "ui", html=True), path="/ui", name="ui")

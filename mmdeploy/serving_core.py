@@ -1,6 +1,7 @@
-"""What the BentoML service (serving/service.py) is made of, kept here so the service stays thin.
+"""What the BentoML service (mmdeploy/service.py) is made of, kept here so the service stays thin.
 
-- `Settings`: every knob, read from MMDEPLOY_* environment variables.
+- `Settings`: every knob, read from MMDEPLOY_* environment variables; the request bounds (window, hop,
+  windows per request, form fields, file name length) next to it.
 - `model_path`: the bundle to serve: MMDEPLOY_MODEL (a run folder) wins, else the BentoML model store tag.
 - `pack` / `unpack`: a batch of (spectrogram, frames) as ONE float32 array [B, D], because a batchable
   BentoML API takes exactly one parameter; the model service splits it back with the bundle's spec.
@@ -9,12 +10,19 @@
   by classify's own functions (one result shape for the CLI and HTTP).
 - `UploadGuard`: ASGI middleware for the upload routes: 413 before reading a body whose Content-Length is
   over the limit, 413 while streaming one that grows past it (chunked), 4xx for a missing `video` file
-  field or a body that is not multipart; the body is spooled to disk (bounded memory) and replayed.
+  field or a body that is not multipart, 400 for more than MAX_FIELDS fields or a file name with control
+  characters or over MAX_NAME_BYTES; the body is spooled to disk (bounded memory) and replayed.
+- `Pull`: a blocking iterator (a timeline) pulled from a thread pool, closed (its decoder killed) as soon as
+  the client goes away.
+- `NotReady` / `ReadyLog`: readiness that never raises or hangs; each new cause is logged once.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
+import ntpath
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +38,16 @@ from mmdeploy.spec import ClipSpec
 FIELD = "video"  # the multipart field that carries the upload
 DEFAULT_TAG = "av-classifier:latest"
 SPOOL_BYTES = 1 << 20  # request bodies above this spill from memory to a temporary file
+MAX_FIELDS = 16  # multipart parts per request (the API takes 3: video, window, hop)
+MAX_FIELD_BYTES = 1000  # a form field other than the file
+NUMBER_FIELDS = ("window", "hop")
+MAX_NAME_BYTES = 255  # an upload's file name (UTF-8), as most file systems allow
+MIN_WINDOW_S = 0.1  # /timeline window and hop bounds (seconds); 0 means "the model's window"
+MAX_WINDOW_S = 600.0
+MIN_HOP_S = 0.1
+READY_TIMEOUT_S = 5.0  # one readiness probe of the model service
+
+log = logging.getLogger("mmdeploy.service")
 
 
 def _env(name: str, default: str, cast: Callable[[str], Any]) -> Any:
@@ -53,13 +71,15 @@ class Settings:
     backend: str = "auto"  # MMDEPLOY_BACKEND: as `mmdeploy classify --backend`
     max_upload_mb: float = 100.0  # MMDEPLOY_MAX_UPLOAD_MB
     decode_timeout_s: float = 60.0  # MMDEPLOY_DECODE_TIMEOUT_S: per file (/classify) or per window (/timeline)
-    decode_threads: int = 4  # MMDEPLOY_DECODE_THREADS: concurrent decodes per API worker
+    decode_threads: int = 0  # MMDEPLOY_DECODE_THREADS: decode processes per API worker (0: the decode cores)
+    model_cores: int = -1  # MMDEPLOY_MODEL_CORES: cores the model worker is pinned to (-1: 1 above 2 cores, else 0)
     batching: bool = True  # MMDEPLOY_BATCHING: adaptive batching of model calls across requests
     max_batch: int = 32  # MMDEPLOY_MAX_BATCH: windows per model call
     max_latency_ms: int = 10000  # MMDEPLOY_MAX_LATENCY_MS: BentoML answers 503 for a call queued longer
     api_workers: int = 1  # MMDEPLOY_API_WORKERS: decoding processes (API service workers)
     model_workers: int = 1  # MMDEPLOY_MODEL_WORKERS: inference processes (model service workers)
     timeout_s: int = 600  # MMDEPLOY_REQUEST_TIMEOUT_S: whole request, including a streamed timeline
+    max_windows: int = 1000  # MMDEPLOY_MAX_WINDOWS: windows per /timeline request
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -68,17 +88,49 @@ class Settings:
                    backend=_env("MMDEPLOY_BACKEND", "auto", str),
                    max_upload_mb=_env("MMDEPLOY_MAX_UPLOAD_MB", "100", float),
                    decode_timeout_s=_env("MMDEPLOY_DECODE_TIMEOUT_S", "60", float),
-                   decode_threads=_env("MMDEPLOY_DECODE_THREADS", "4", int),
+                   decode_threads=_env("MMDEPLOY_DECODE_THREADS", "0", int),
+                   model_cores=_env("MMDEPLOY_MODEL_CORES", "-1", int),
                    batching=_env("MMDEPLOY_BATCHING", "1", _flag),
                    max_batch=_env("MMDEPLOY_MAX_BATCH", "32", int),
                    max_latency_ms=_env("MMDEPLOY_MAX_LATENCY_MS", "10000", int),
                    api_workers=_env("MMDEPLOY_API_WORKERS", "1", int),
                    model_workers=_env("MMDEPLOY_MODEL_WORKERS", "1", int),
-                   timeout_s=_env("MMDEPLOY_REQUEST_TIMEOUT_S", "600", int))
+                   timeout_s=_env("MMDEPLOY_REQUEST_TIMEOUT_S", "600", int),
+                   max_windows=_env("MMDEPLOY_MAX_WINDOWS", "1000", int))
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * (1 << 20))
+
+    def cores(self) -> tuple[list[int], list[int]]:
+        """(decode cores, model cores): the model worker is pinned to the last `model_cores` of this
+        process's cores and decoding to the rest; with no model cores, both share every core."""
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        n = self.model_cores if self.model_cores >= 0 else (1 if len(cpus) > 2 else 0)
+        if n == 0 or n >= len(cpus):
+            return cpus, cpus
+        return cpus[:-n], cpus[-n:]
+
+    def decode_processes(self) -> int:
+        return self.decode_threads or len(self.cores()[0])
+
+
+def pin(cpus: list[int]) -> None:
+    """Run this process (and what it starts later) on `cpus`, where the OS allows it."""
+    if hasattr(os, "sched_setaffinity") and cpus and set(cpus) != set(os.sched_getaffinity(0)):
+        os.sched_setaffinity(0, cpus)
+
+
+def in_store(tag: str) -> bool:
+    """Whether the BentoML model store holds `tag`."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        return False
+    return True
 
 
 def model_path(settings: Settings, stored: Callable[[], str] | None = None) -> Path:
@@ -168,43 +220,135 @@ class RemotePredictor:
             return await self._call(windows)
 
 
-def warm_features(spec: ClipSpec) -> None:
-    """Compute features of a silent black window once, so the first request does not pay for lazy setup."""
-    from mmdeploy.classify import clip_features
-    from mmdeploy.media import Clip
+# ---- request bounds ---------------------------------------------------------------------------
+def timeline_problem(window: float, hop: float) -> str | None:
+    """Why /timeline's window/hop (seconds; 0: the model's window, hop = window) are refused, or None."""
+    bounds = (f"window must be 0 (the model's) or in [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}] s, and hop 0 (= window) "
+              f"or in [{MIN_HOP_S:g}, {MAX_WINDOW_S:g}] s")
+    if not (math.isfinite(window) and math.isfinite(hop)):
+        return f"window={window} hop={hop}: not finite; {bounds}"
+    if not (window == 0 or MIN_WINDOW_S <= window <= MAX_WINDOW_S) or \
+            not (hop == 0 or MIN_HOP_S <= hop <= MAX_WINDOW_S):
+        return f"window={window:g} hop={hop:g}: {bounds}"
+    return None
 
-    clip = Clip(path="warm-up", start=0.0, seconds=spec.window_seconds,
-                audio=np.zeros(spec.audio_samples, np.float32),
-                frames=np.zeros((spec.frames, 64, 64, 3), np.uint8))
-    clip_features(clip, spec)
+
+def window_count(duration: float | None, hop: float) -> int | None:
+    """Windows a timeline of a `duration`-s file takes at `hop` (None if the file states no duration)."""
+    return None if duration is None else max(1, math.ceil(duration / hop))
 
 
-# ---- threads with a deadline -------------------------------------------------------------------
-class DecodePool:
-    """A bounded thread pool for decoding + features; `run` awaits a call with a timeout. A timed-out
-    call keeps its thread until it returns (threads cannot be killed), which the pool size bounds."""
+def count_problem(duration: float | None, hop: float, max_windows: int) -> str | None:
+    n = window_count(duration, hop)
+    if n is not None and n > max_windows:
+        return (f"hop={hop:g} s on a {duration:.1f}-s file makes {n} windows; at most {max_windows} per request "
+                f"(MMDEPLOY_MAX_WINDOWS): use hop >= {duration / max_windows:.2f}")
+    return None
 
-    def __init__(self, threads: int, timeout_s: float):
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-        self.timeout_s = timeout_s
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), self.timeout_s)
+def name_problem(filename: str) -> str | None:
+    """Why an upload's file name is refused (control characters, too long), or None."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        return "the upload's file name holds control characters (NUL, newline, ...); rename the file"
+    if len(filename.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        return f"the upload's file name is longer than {MAX_NAME_BYTES} bytes; rename the file"
+    return None
+
+
+def fields_problem(parts: list[dict[str, Any]]) -> str | None:
+    """Why the form fields beside the file are refused (too long; window/hop not a number), or None."""
+    for part in parts:
+        if "filename" in part:
+            continue
+        name = str(part.get("name"))[:40]
+        if part["size"] > MAX_FIELD_BYTES:
+            return f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes"
+        if name in NUMBER_FIELDS:
+            text = part.get("value", b"").decode("utf-8", "replace").strip()
+            try:
+                float(text)
+            except ValueError:
+                return f"form field {name!r}={text[:40]!r}: expected a number of seconds"
+    return None
+
+
+def base_name(filename: str) -> str:
+    """The last component of a client's file name on any platform's separators (/ and \\), else 'upload'."""
+    return ntpath.basename(filename.replace("/", "\\")).strip() or "upload"
+
+
+# ---- a blocking stream pulled from threads -------------------------------------------------------
+class Pull:
+    """Pull items of a blocking iterator (a timeline generator) in `executor` threads, one at a time.
+    `close()` closes the iterator (which kills its decoder process) at once, or as soon as the pull in
+    progress returns; call it when the client goes away."""
+
+    def __init__(self, iterator, executor):
+        self.iterator, self.executor = iterator, executor
+        self.pending = None
+        self.closed = False
+
+    async def next(self, default=None):
+        self.pending = self.executor.submit(next, self.iterator, default)
+        return await asyncio.wrap_future(self.pending)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.pending is not None and not self.pending.done():
+            self.pending.add_done_callback(lambda _: self._close())
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # "generator already executing": the done callback closes it
+                pass
+
+
+# ---- readiness ---------------------------------------------------------------------------------
+class NotReady(Exception):
+    """The model service is not loaded or not answering; `cause` says why (503)."""
+
+
+class ReadyLog:
+    """Logs why the service is not ready, once per distinct cause (probes come every few seconds)."""
+
+    def __init__(self):
+        self.last: str | None = None
+
+    def not_ready(self, cause: str) -> None:
+        if cause != self.last:
+            log.error("not ready: %s", cause)
+            self.last = cause
+
+    def ready(self) -> None:
+        if self.last is not None:
+            log.info("ready (was: %s)", self.last)
+        self.last = None
 
 
 # ---- errors as JSON ----------------------------------------------------------------------------
-def fail(ctx, status: int, message: str) -> dict[str, str]:
-    """{"error": message} with `status` (BentoML takes an API's status from its Context)."""
+def fail(ctx, status: int, message: str):
+    """A JSON response {"error": message} with `status` (also set on the Context: BentoML gives an API's
+    response the Context's status). 503s are logged with their cause."""
+    from starlette.responses import JSONResponse
+
+    if status >= 500:
+        log.warning("%d: %s", status, message)
     ctx.response.status_code = status
-    return {"error": message}
+    return JSONResponse({"error": message}, status_code=status)
 
 
 def explain(exc: BaseException, name: str, timeout_s: float) -> tuple[int, str]:
     """A user-facing exception -> (4xx/503 status, message); anything else is re-raised (a real 500)."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return 422, f"{name}: decoding took longer than {timeout_s:g} s (MMDEPLOY_DECODE_TIMEOUT_S); send a shorter clip"
-    if isinstance(exc, ModelCallError):
+    if isinstance(exc, (ModelCallError, NotReady)):
         return 503, str(exc)
     if isinstance(exc, MmdeployError):
         return 422, f"{name}: {getattr(exc, 'reason', None) or exc}"
@@ -218,6 +362,10 @@ def upload_name(request) -> str:
 
 # ---- the upload guard (ASGI middleware) ---------------------------------------------------------
 class UploadTooLarge(Exception):
+    pass
+
+
+class TooManyFields(Exception):
     pass
 
 
@@ -255,12 +403,16 @@ class UploadGuard:
                 return await _reply(send, 400, f"malformed multipart body ({exc})")
             video = [p for p in parts if p.get("name") == FIELD]
             if not video or "filename" not in video[0]:
-                seen = ", ".join(repr(p.get("name")) for p in parts) or "none"
+                seen = ", ".join(repr(p.get("name"))[:40] for p in parts[:5]) or "none"
                 return await _reply(send, 400, f"no file in the multipart field '{FIELD}' (fields sent: {seen}); "
                                                f"e.g. curl -F {FIELD}=@clip.mp4 URL")
+            problem = name_problem(video[0]["filename"]) or fields_problem(parts)
+            if problem:
+                return await _reply(send, 400, problem)
+            name = base_name(video[0]["filename"])
             if video[0]["size"] == 0:
-                return await _reply(send, 422, f"{video[0]['filename'] or 'upload'}: empty file")
-            scope.setdefault("state", {})["mmdeploy_upload"] = os.path.basename(video[0]["filename"])
+                return await _reply(send, 422, f"{name}: empty file")
+            scope.setdefault("state", {})["mmdeploy_upload"] = name
             body.seek(0)
             await self.app(scope, _replay(body, receive), send)
         finally:
@@ -306,9 +458,13 @@ async def _spool(receive, body, boundary: bytes, max_bytes: int) -> list[dict[st
 
     def on_part_data(data, start, end):
         current["size"] += end - start
+        if "filename" not in current and current["size"] <= MAX_FIELD_BYTES:
+            current["value"] = current.get("value", b"") + data[start:end]
 
     def on_part_end():
         parts.append(dict(current))
+        if len(parts) > MAX_FIELDS:
+            raise TooManyFields()
 
     parser = MultipartParser(boundary, {"on_header_field": on_header_field, "on_header_value": on_header_value,
                                         "on_header_end": on_header_end, "on_part_begin": on_part_begin,
@@ -327,6 +483,9 @@ async def _spool(receive, body, boundary: bytes, max_bytes: int) -> list[dict[st
             parser.write(chunk)
         except MultipartParseError as exc:
             raise ValueError(str(exc)) from None
+        except TooManyFields:
+            raise ValueError(f"more than {MAX_FIELDS} fields; send the file in '{FIELD}' and at most "
+                             "the fields window and hop") from None
         if not message.get("more_body", False):
             break
     parser.finalize()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from mmdeploy.serving_core import stop_server
+from mmdeploy.serving_schema import ClassifyResult, TimelineResult, TimelineWindow
 
 httpx = pytest.importorskip("httpx")
 
@@ -33,31 +34,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def running_server(run: Path, tmp: Path, **env: str):
-    """`mmdeploy serve --model RUN` on a free 127.0.0.1 port; yields the base URL; stops its process group."""
+def start_server(run: Path | None, tmp: Path, **env: str) -> tuple[subprocess.Popen, str, Path]:
+    """`mmdeploy serve --model RUN` (RUN None: plain `bentoml serve mmdeploy.service:AVClassifier`, the model from
+    the environment) on a free 127.0.0.1 port, in its own process group -> (process, base URL, log file).
+    Pass TMPDIR only with a short `tmp` (BentoML's unix sockets live there)."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
     environ = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
-               "MMDEPLOY_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "OMP_NUM_THREADS": "1", **env}
+               "MMDEPLOY_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "OMP_NUM_THREADS": "1"}
     environ.pop("MMDEPLOY_MODEL", None)
+    environ.update(env)
+    if run is not None:
+        command = ["-m", "mmdeploy", "serve", "--model", str(run), "--backend", "onnxruntime"]
+    else:
+        command = ["-m", "bentoml", "serve", "mmdeploy.service:AVClassifier"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mmdeploy", "serve", "--model", str(run), "--host", "127.0.0.1",
-                                 "--port", str(port), "--backend", "onnxruntime"], env=environ, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)], env=environ,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_DEADLINE_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {READY_DEADLINE_S} s:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_server(run: Path, tmp: Path, **env: str):
+    """`mmdeploy serve --model RUN` on a free 127.0.0.1 port; yields (URL, process, log); stops its process group."""
+    proc, url, log = start_server(run, tmp, **env)
     try:
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {READY_DEADLINE_S} s:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        yield url
+        wait_ready(proc, url, log)
+        yield url, proc, log
     finally:
         stop_server(proc)
 
@@ -69,7 +85,8 @@ def served_run(tiny_exported) -> Path:
     return tiny_exported[0]
 
 
-_SHARED: dict[str, str] = {}
+_SHARED: dict[str, object] = {}
+MAX_WINDOWS = 100  # the shared server's MMDEPLOY_MAX_WINDOWS
 
 
 def shared_server(run: Path, tmp_path_factory, request) -> str:
@@ -77,9 +94,13 @@ def shared_server(run: Path, tmp_path_factory, request) -> str:
     by the finalizer of the (session-scoped) fixture that started it."""
     if "url" not in _SHARED:
         stack = contextlib.ExitStack()
-        # 16 decode threads: a burst of 16 uploads decodes side by side and reaches the model together
-        _SHARED["url"] = stack.enter_context(running_server(run, tmp_path_factory.mktemp("server"),
-                                                            MMDEPLOY_DECODE_THREADS="16"))
+        tmp = tmp_path_factory.mktemp("server")
+        (tmp / "tmp").mkdir()  # the temp folder, watched for uploads left behind
+        # 8 decode processes: a burst of uploads decodes side by side and reaches the model together
+        url, proc, log = stack.enter_context(running_server(run, tmp, TMPDIR=str(tmp / "tmp"),
+                                                            MMDEPLOY_DECODE_THREADS="8",
+                                                            MMDEPLOY_MAX_WINDOWS=str(MAX_WINDOWS)))
+        _SHARED.update(url=url, proc=proc, log=log, tmp=tmp / "tmp")
         request.addfinalizer(lambda: (stack.close(), _SHARED.clear()))
     return _SHARED["url"]
 
@@ -87,6 +108,10 @@ def shared_server(run: Path, tmp_path_factory, request) -> str:
 @pytest.fixture(scope="session")
 def server(served_run, tmp_path_factory, request) -> str:
     return shared_server(served_run, tmp_path_factory, request)
+
+
+def server_log() -> str:
+    return Path(_SHARED["log"]).read_text(errors="replace")
 
 
 def post(url: str, path: Path | None = None, name: str | None = None, data: bytes | None = None,
@@ -124,6 +149,13 @@ def test_classify_returns_the_result_json(server, media_dir, served_run):
         assert opinion["agrees"] == (opinion["label"] == body["label"])
     assert body["backend"] == "onnxruntime-cpu"
     assert set(body["timings_ms"]) == {"decode", "features", "infer"}
+    assert body["window"] == {"start": 0.0, "end": 2.0}  # the model's first 2-s window of a 2.2-s clip
+    ClassifyResult.model_validate(body)  # what /docs declares
+
+
+def test_a_long_file_says_which_window_was_classified(server, media_dir):
+    body = post(server, media_dir / "bbb_vp8_vorbis_30s.webm").json()
+    assert body["window"] == {"start": 0.0, "end": 2.0}
 
 
 @pytest.mark.parametrize("clip, used", [("screencast_vp8_noaudio.webm", ["video"]),
@@ -176,6 +208,41 @@ def test_timeline_streams_ndjson(server, media_dir):
     assert all(w["file"] == path.name and w["label"] in w["probs"] for w in windows)
     assert final["windows"] == [{k: w[k] for k in ("start", "end", "label", "score")} for w in windows]
     assert final["label"] in final["probs"] and final["modalities"] == ["audio", "video"]
+    assert final["window"] == {"start": 0.0, "end": 30.0}
+    for w in windows:
+        TimelineWindow.model_validate(w)
+    TimelineResult.model_validate(final)
+
+
+@pytest.mark.parametrize("form", [{"hop": "inf"}, {"hop": "1e308"}, {"hop": "nan"}, {"hop": "-1"}, {"hop": "0.001"},
+                                  {"window": "0.001"}, {"window": "1e-300"}, {"window": "-inf"}, {"window": "601"},
+                                  {"window": "abc"}, {"hop": "1" * 2000}])
+def test_timeline_window_and_hop_out_of_bounds_are_400(server, media_dir, form):
+    r = post(server, media_dir / "bbb_vp8_vorbis_30s.webm", endpoint="/timeline", **form)
+    assert r.status_code == 400, r.text
+    assert ("window" in r.json()["error"] or "hop" in r.json()["error"]), r.text
+
+
+def test_timeline_window_count_is_bounded_per_request(server, media_dir):
+    r = post(server, media_dir / "bbb_vp8_vorbis_30s.webm", endpoint="/timeline", window="0.2", hop="0.2")
+    assert r.status_code == 400 and f"at most {MAX_WINDOWS}" in r.json()["error"], r.text  # 150 windows
+
+
+def test_timeline_stops_decoding_when_the_client_goes_away(server, media_dir):
+    import psutil
+
+    path = media_dir / "bbb_vp8_vorbis_30s.webm"  # 75 windows of 0.4 s: several seconds of decoding
+    with httpx.stream("POST", server + "/timeline", files={"video": (path.name, path.read_bytes())},
+                      data={"window": "0.4", "hop": "0.4"}, timeout=120) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        next(lines), next(lines)
+        busy = [p.pid for p in psutil.Process(_SHARED["proc"].pid).children(recursive=True)]
+    time.sleep(1.5)  # the disconnect reaches the service; it kills the decoder
+    alive = {p.pid for p in psutil.Process(_SHARED["proc"].pid).children(recursive=True)}
+    stopped = [pid for pid in busy if pid not in alive]
+    assert stopped, "no decode process ended after the client went away"
+    assert post(server, media_dir / "grid_s1_bbaf2n.mpg").status_code == 200
 
 
 # ---- bad input: 4xx with {"error"}, never a 500, and the service keeps serving ----------------
@@ -201,6 +268,41 @@ def test_bad_uploads_get_4xx_json(server, media_dir, tmp_path):
         assert 400 <= r.status_code < 500 and "error" in r.json(), (name, r.status_code, r.text)
 
 
+def flipped(src: Path, dest: Path, seed: int = 16, count: int = 256) -> Path:
+    """`src` with `count` bytes inverted at seeded random places (seed 16 on the H.264 + AAC 5.1 clip makes
+    FFmpeg 7 / PyAV 18 segfault in the decoder)."""
+    data = bytearray(src.read_bytes())
+    for i in np.random.default_rng(seed).integers(0, len(data), count):
+        data[i] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def request_temp_files() -> list[Path]:
+    return [p for d in Path(_SHARED["tmp"]).glob("bentoml-request-*") for p in d.iterdir()]
+
+
+def test_a_decoder_crash_costs_only_its_upload(server, media_dir, tmp_path):
+    """A file that crashes FFmpeg gets a 422 naming the crash; the uploads decoding beside it are answered,
+    the service stays ready, and no upload is left in the temp folder."""
+    bad = flipped(media_dir / "bbb_h264_aac51.mp4", tmp_path / "flipped.mp4")
+    good = media_dir / "cremad_1001_DFA_ANG_XX.flv"
+    with ThreadPoolExecutor(6) as pool:
+        crashed = pool.submit(post, server, bad)
+        others = [pool.submit(post, server, good) for _ in range(5)]
+        r = crashed.result()
+        codes = [f.result().status_code for f in others]
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("flipped.mp4: the decoder crashed (signal 11"), r.text
+    assert codes == [200] * 5
+    assert httpx.get(server + "/readyz").status_code == 200
+    assert post(server, bad, endpoint="/timeline").status_code == 422
+    deadline = time.monotonic() + 10
+    while request_temp_files() and time.monotonic() < deadline:  # removed once the answer is sent
+        time.sleep(0.2)
+    assert request_temp_files() == []
+
+
 def test_truncated_faststart_file_is_answered_not_a_500(server, media_dir, tmp_path):
     # index at the start: the first window is still there, so a result (or a 4xx) are both fine
     cut = truncated(media_dir / "phone_vfr_h264_aac_mono.mp4", tmp_path / "phone_cut.mp4")
@@ -223,6 +325,57 @@ def test_malformed_requests_get_4xx_json(server, media_dir):
     assert post(server, clip).status_code == 200  # still serving
 
 
+def multipart(*parts: tuple[bytes, bytes]) -> tuple[bytes, dict[str, str]]:
+    """Raw multipart body from (Content-Disposition params, content) pairs, for what httpx would escape."""
+    body = b"".join(b"--b\r\nContent-Disposition: form-data; " + head + b"\r\n\r\n" + data + b"\r\n"
+                    for head, data in parts) + b"--b--\r\n"
+    return body, {"content-type": "multipart/form-data; boundary=b"}
+
+
+def test_too_many_or_too_long_fields_are_400(server, media_dir):
+    clip = (media_dir / "grid_s1_bbaf2n.mpg").read_bytes()
+    fields = [(f'name="f{i}"'.encode(), b"x") for i in range(1200)]
+    body, headers = multipart((b'name="video"; filename="a.mpg"', clip), *fields)
+    r = httpx.post(server + "/classify", content=body, headers=headers, timeout=60)
+    assert r.status_code == 400 and "fields" in r.json()["error"], r.text
+    body, headers = multipart((b'name="video"; filename="a.mpg"', clip), (b'name="note"', b"x" * 100_000))
+    r = httpx.post(server + "/classify", content=body, headers=headers, timeout=60)
+    assert r.status_code == 400 and "'note'" in r.json()["error"], r.text
+
+
+def test_file_names_echo_a_base_name_and_control_characters_are_400(server, media_dir):
+    clip = (media_dir / "grid_s1_bbaf2n.mpg").read_bytes()
+    before = server_log().count("Traceback")
+    body, headers = multipart((b'name="video"; filename="a\x00b.mpg"', clip))
+    r = httpx.post(server + "/classify", content=body, headers=headers, timeout=60)
+    assert r.status_code == 400 and "control characters" in r.json()["error"], r.text
+    r = post(server, name="x" * 300 + ".mpg", data=clip)
+    assert r.status_code == 400 and "255 bytes" in r.json()["error"], r.text
+    r = post(server, media_dir / "grid_s1_bbaf2n.mpg", endpoint="/timeline", window="abc")
+    assert r.status_code == 400 and "'window'" in r.json()["error"], r.text
+    for name, base in [("..\\..\\windows\\win.ini", "win.ini"), ("C:\\Users\\me\\clip.mpg", "clip.mpg"),
+                       ("../../etc/clip.mpg", "clip.mpg"), ("a/b\\c.mpg", "c.mpg")]:
+        r = post(server, name=name, data=clip)
+        assert r.status_code == 200 and r.json()["file"] == base, (name, r.text)
+    time.sleep(0.5)
+    assert server_log().count("Traceback") == before  # refused in one line, no traceback in the log
+
+
+def test_openapi_declares_models_errors_and_ndjson(server):
+    spec = httpx.get(server + "/docs.json").json()
+    ops = {route: spec["paths"][route]["post"] for route in ("/classify", "/timeline")}
+    for op in ops.values():
+        assert {"200", "400", "413", "415", "422", "503"} <= set(op["responses"])
+        assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert ops["/classify"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] \
+        .endswith("/ClassifyResult")
+    assert list(ops["/timeline"]["responses"]["200"]["content"]) == ["application/x-ndjson"]
+    schemas = set(spec["components"]["schemas"])
+    assert {"ClassifyResult", "TimelineWindow", "TimelineResult", "ErrorBody", "Window"} <= schemas
+    page = httpx.get(server + "/")  # BentoML's Swagger page, reading /docs.json
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
 def test_oversize_upload_is_413_early(server):
     too_big = MAX_UPLOAD_MB * (1 << 20) + 1
     r = post(server, name="big.mp4", data=b"\0" * too_big)  # Content-Length says so: refused unread
@@ -240,7 +393,8 @@ def test_oversize_upload_is_413_early(server):
 
 
 # ---- health, metrics, batching -------------------------------------------------------------------
-def test_health_and_metrics(server):
+def test_health_and_metrics(server, media_dir):
+    assert post(server, media_dir / "grid_s1_bbaf2n.mpg").status_code == 200
     assert httpx.get(server + "/livez").status_code == 200
     assert httpx.get(server + "/readyz").status_code == 200
     text = httpx.get(server + "/metrics").text
@@ -272,6 +426,59 @@ def test_concurrent_requests_share_model_calls(server, media_dir):
     assert any(shared), "32 concurrent requests never shared a model call"
 
 
+def test_a_model_that_cannot_load_is_503_quickly_and_logged_once(tmp_path):
+    """Plain `bentoml serve` (no `mmdeploy serve` pre-check) on a model folder that does not exist: the model
+    worker stays up, /readyz answers 503 within seconds every time, the cause is in the log once, /classify
+    is a 503 naming it; SIGTERM to the process group ends every process within 10 s."""
+    import psutil
+
+    proc, url, log = start_server(None, tmp_path, MMDEPLOY_MODEL=str(tmp_path / "no-such-run"))
+    try:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while "cannot be loaded" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        for _ in range(4):
+            t0 = time.monotonic()
+            r = httpx.get(url + "/readyz", timeout=30)
+            assert r.status_code == 503 and time.monotonic() - t0 < 10
+        r = post(url, name="a.mpg", data=b"x" * 100)
+        assert r.status_code == 503 and "no-such-run" in r.json()["error"], r.text
+        text = log.read_text(errors="replace")
+        assert text.count("not ready: the model cannot be loaded") == 1, text[-3000:]
+        assert text.count("the model cannot be loaded (BundleError") >= 2  # the model's own line, the API's line
+        stopped_within(proc, 10)
+    finally:
+        stop_server(proc)
+
+
+def stopped_within(proc: subprocess.Popen, seconds: float) -> None:
+    """SIGTERM to the server's process group; every process of the server (workers, decode processes) ends
+    within `seconds`."""
+    import psutil
+    import signal
+
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=seconds)
+    assert not alive, f"still running {time.monotonic() - t0:.1f} s after SIGTERM: {[p.cmdline() for p in alive]}"
+
+
+def test_sigterm_stops_every_process_within_10s_while_a_request_is_in_flight(served_run, media_dir, tmp_path):
+    proc, url, log = start_server(served_run, tmp_path)
+    try:
+        wait_ready(proc, url, log)
+        path = media_dir / "bbb_vp8_vorbis_30s.webm"
+        with httpx.stream("POST", url + "/timeline", files={"video": (path.name, path.read_bytes())},
+                          data={"window": "0.4", "hop": "0.4"}, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # streaming: decode process, API worker and model worker all busy
+            stopped_within(proc, 10)
+    finally:
+        stop_server(proc)
+
+
 def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
     env.pop("MMDEPLOY_MODEL", None)
@@ -283,23 +490,42 @@ def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
 
 
 # ---- pieces without a server ------------------------------------------------------------------------
-def test_decode_timeout_becomes_422_and_the_pool_keeps_working():
-    import asyncio
+def test_errors_become_4xx_or_503_and_bugs_stay_500():
+    from mmdeploy.errors import MediaError
+    from mmdeploy.serving_core import ModelCallError, NotReady, explain
 
-    from mmdeploy.serving_core import DecodePool, explain
-
-    pool = DecodePool(threads=2, timeout_s=0.05)
-
-    async def go():
-        with pytest.raises(TimeoutError):
-            await pool.run(time.sleep, 0.5)
-        return await pool.run(sum, [1, 2])
-
-    assert asyncio.run(go()) == 3
+    assert explain(MediaError("/tmp/x", "the decoder crashed (signal 11, SIGSEGV)"), "clip.mp4", 1) == \
+        (422, "clip.mp4: the decoder crashed (signal 11, SIGSEGV)")
+    assert explain(NotReady("the model cannot be loaded"), "clip.mp4", 1)[0] == 503
+    assert explain(ModelCallError("no answer"), "clip.mp4", 1)[0] == 503
     status, message = explain(TimeoutError(), "clip.mp4", 0.05)
     assert status == 422 and message.startswith("clip.mp4: decoding took longer than 0.05 s")
     with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as bad input: it stays a 500
         explain(ZeroDivisionError(), "clip.mp4", 1)
+
+
+def test_request_bounds():
+    from mmdeploy.serving_core import base_name, count_problem, fields_problem, name_problem, timeline_problem
+
+    assert timeline_problem(0, 0) is None and timeline_problem(5, 2.5) is None and timeline_problem(600, 0.1) is None
+    for window, hop in [(float("inf"), 0), (0, float("nan")), (0.05, 0), (1e-300, 0), (0, 1e308), (601, 0), (-1, 0)]:
+        assert timeline_problem(window, hop), (window, hop)
+    assert count_problem(30.0, 0.1, 1000) is None and count_problem(None, 0.1, 10) is None
+    assert "301 windows" in count_problem(30.05, 0.1, 300)
+    assert base_name("..\\..\\windows\\win.ini") == "win.ini" and base_name("/x/") == "upload"
+    assert name_problem("a\x00b") and name_problem("a\nb") and name_problem("é" * 200) and not name_problem("clip.mp4")
+    assert fields_problem([{"name": "hop", "size": 3, "value": b"2.5"}]) is None
+    assert "'hop'" in fields_problem([{"name": "hop", "size": 3, "value": b"abc"}])
+    assert "longer" in fields_problem([{"name": "x", "size": 5000}])
+
+
+def test_openapi_patch_keeps_bentoml_paths():
+    from mmdeploy.serving_schema import patch_openapi
+
+    spec = {"paths": {"/classify": {"post": {"responses": {"200": {}}}}, "/readyz": {"get": {}}}}
+    out = patch_openapi(spec)
+    assert "/readyz" in out["paths"] and "503" in out["paths"]["/classify"]["post"]["responses"]
+    assert "ClassifyResult" in out["components"]["schemas"]
 
 
 def test_pack_round_trip_and_width_check(tiny_spec):

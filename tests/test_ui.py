@@ -45,6 +45,14 @@ def test_upload_shows_label_and_each_modality(page, media_dir):
     assert page.text_content("#error") == ""
 
 
+def test_classify_on_a_long_file_says_which_part_was_classified(page, media_dir):
+    page.set_input_files("#file", str(media_dir / "bbb_vp8_vorbis_30s.webm"))
+    page.evaluate("document.getElementById('span').textContent = ''")
+    page.click("#classify")
+    page.wait_for_function("document.getElementById('span').textContent.length > 0", timeout=60_000)
+    assert page.text_content("#span").startswith("classified 0.00-2.00 s of the file")
+
+
 def test_timeline_of_a_long_file(page, media_dir):
     page.set_input_files("#file", str(media_dir / "bbb_vp8_vorbis_30s.webm"))
     page.click("#timeline")
@@ -54,6 +62,7 @@ def test_timeline_of_a_long_file(page, media_dir):
     assert rows.count() == 15  # 30 s in the tiny model's 2 s windows
     assert rows.first.locator("td").first.text_content() == "0.00"
     assert page.locator("#strip div").count() == 15
+    assert page.text_content("#span") == "whole file: 15 windows, 0.00-30.00 s"
 
 
 def test_bad_file_shows_the_error(page, tmp_path):
