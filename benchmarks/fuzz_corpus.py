@@ -1,7 +1,7 @@
 """Fuzz `mmdeploy classify` with byte-mutated copies of real clips: no traceback, no signal, no hang.
 
     python benchmarks/fuzz_corpus.py make --out /tmp/fuzz [--count 1000] [--seed 0]
-    python benchmarks/fuzz_corpus.py run --corpus /tmp/fuzz --model RUN [--single 50] [--timeout 900]
+    python benchmarks/fuzz_corpus.py run --corpus /tmp/fuzz --model RUN [--single 50] [--timeline 100]
 
 `make` writes COUNT files, deterministically: file i is mutation recipe i % len(RECIPES) applied to seed
 clip (i // len(RECIPES)) % len(SEEDS) of ../shared/media with random.Random(f"{seed}:{i}"), so any file
@@ -10,8 +10,8 @@ crashes FFmpeg's H.264/AAC decoders), truncation, truncation then flips, zeroed 
 a chunk of another clip spliced in (MPEG-PS into FLV among them), garbage after a valid head. Files go in
 batches of 100 (batch_00/, batch_01/, ...), outside the repository.
 
-`run` classifies every batch folder with one CLI call (`--json`, the default workers) and a sample of
-files one CLI call each, and counts per call: exit code (0 or 2 allowed), signals (negative code),
+`run` classifies every batch folder with one CLI call (`--json`, the default workers), a sample of
+files one CLI call each, and a sample as timelines (one CLI call, `--window 2 --hop 1`), and counts per call: exit code (0 or 2 allowed), signals (negative code),
 hangs (no exit in --timeout s), tracebacks on stderr, and whether every input appears exactly once in the
 JSON lines. It prints one table and the bad cases; it exits 1 if any call broke a rule.
 """
@@ -174,11 +174,12 @@ def check(call: dict, inputs: list[Path]) -> list[str]:
     return broken
 
 
-def run(corpus: Path, model: Path, single: int, timeout: float, seed: int = 0) -> int:
+def run(corpus: Path, model: Path, single: int, timeline: int, timeout: float, folders: int | None = None,
+        seed: int = 0) -> int:
     batches = sorted(p for p in corpus.iterdir() if p.is_dir())
     files = sorted(f for b in batches for f in b.iterdir())
     rows, bad, errors = [], [], collections.Counter()
-    for folder in batches:
+    for folder in batches[:folders]:
         inputs = sorted(folder.iterdir())
         call = classify([str(folder)], model, timeout * len(inputs) / 10)
         rows.append(("folder", folder.name, len(inputs), call))
@@ -196,10 +197,18 @@ def run(corpus: Path, model: Path, single: int, timeout: float, seed: int = 0) -
         broken = check(call, [path])
         if broken:
             bad.append((path, broken, call["stderr"][-1500:]))
+    if timeline:
+        picked = sorted(random.Random(seed + 1).sample(files, min(timeline, len(files))))
+        call = classify([*map(str, picked), "--window", "2", "--hop", "1"], model, timeout * len(picked) / 10)
+        call["inputs"] = list(map(str, picked))
+        rows.append(("timeline", "timeline", len(picked), call))
+        broken = check(call, picked)
+        if broken:
+            bad.append(("timeline run", broken, call["stderr"][-1500:]))
     print(f"\ncorpus {corpus}: {len(files)} files from {len({f.name.split('_', 2)[2] for f in files})} seed clips")
     print("| run | calls | files | exit 0 | exit 2 | other exit | signals | hangs | tracebacks | inputs != once | s/call |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for kind in ("folder", "single"):
+    for kind in ("folder", "single", "timeline"):
         calls = [r for r in rows if r[0] == kind]
         if not calls:
             continue
@@ -221,6 +230,8 @@ def _inputs(row, corpus: Path) -> list[Path]:
     kind, name = row[0], row[1]
     if kind == "folder":
         return sorted((corpus / name).iterdir())
+    if kind == "timeline":
+        return [Path(x) for x in row[3]["inputs"]]
     return [next(corpus.glob(f"batch_*/{name}"))]
 
 
@@ -235,13 +246,15 @@ def main() -> None:
     rn.add_argument("--corpus", type=Path, required=True)
     rn.add_argument("--model", type=Path, required=True)
     rn.add_argument("--single", type=int, default=50, help="files also classified one CLI call each")
+    rn.add_argument("--folders", type=int, default=None, help="batch folders to run (default: all)")
+    rn.add_argument("--timeline", type=int, default=100, help="files also classified as timelines (one call)")
     rn.add_argument("--timeout", type=float, default=300.0, help="s per single-file call (folders: per 10 files)")
     args = parser.parse_args()
     if args.command == "make":
         paths = make(args.out, args.count, args.seed)
         print(f"{len(paths)} files from {min(len(SEEDS), -(-args.count // len(RECIPES)))} seed clips in {args.out}")
     else:
-        sys.exit(run(args.corpus, args.model, args.single, args.timeout))
+        sys.exit(run(args.corpus, args.model, args.single, args.timeline, args.timeout, args.folders))
 
 
 if __name__ == "__main__":

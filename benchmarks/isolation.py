@@ -4,8 +4,9 @@
 
 Rows (milliseconds, median and interquartile range over --repeats, the two ways interleaved so machine
 noise hits both alike): classify_file in this process (isolated=False) and in a warm worker (the default);
-then the one-off costs: the forkserver's start (imports torch and PyAV once), a fresh worker from the warm
-forkserver, and a crashing file (bbb_h264_aac51.mp4 with 256 flipped bytes) followed by a good one.
+a fresh worker from the warm forkserver; the bare round trip of a job that returns feature-sized arrays
+without decoding. Then the one-off costs: the forkserver's start (imports torch and PyAV once) and a
+crashing file (bbb_h264_aac51.mp4 with 256 flipped bytes) followed by a good one.
 """
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def features_like(audio_shape: tuple, video_shape: tuple) -> dict:
+    """A job that decodes nothing and returns arrays the size of one file's features: the pure cost of a
+    worker round trip (send the job, pickle and pipe the answer back)."""
+    import numpy as np
+
+    return {"audio": np.ones(audio_shape, np.float32), "video": np.ones(video_shape, np.float32)}
+
+
 def row(name: str, xs: list[float]) -> str:
     q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
     return f"| {name} | {statistics.median(xs):.1f} | {q[0]:.1f} to {q[2]:.1f} |"
@@ -36,6 +45,7 @@ def main() -> None:
 
     import runpy
 
+    import numpy as np
     import torch
 
     from mmdeploy import isolate
@@ -57,6 +67,13 @@ def main() -> None:
         t0 = time.perf_counter()
         classify_file(args.clip, predictor)
         worker.append(ms(t0))
+    spec = predictor.spec
+    shapes = ((1, *spec.spectrogram_shape), tuple(spec.frames_shape))
+    trip = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        isolate.call(args.clip, features_like, shapes)
+        trip.append(ms(t0))
     fresh = []
     for _ in range(5):
         isolate.shutdown()  # no idle worker: the next call starts one from the warm forkserver
@@ -85,6 +102,8 @@ def main() -> None:
     print(row("warm worker process (the default)", worker))
     print(row("added by the worker (paired difference)", [w - h for w, h in zip(worker, here)]))
     print(row("fresh worker from the warm forkserver", fresh))
+    mb = (np.prod(shapes[0]) + np.prod(shapes[1])) * 4 / 2**20
+    print(row(f"round trip alone: a job returning {mb:.2f} MB of features", trip))
     print(f"\none-off: forkserver start + first worker {forkserver_ms:.0f} ms; crashing file -> error in "
           f"{crash_ms:.0f} ms ({crash_reason}); the next file then {after_ms:.0f} ms (fresh worker)")
 

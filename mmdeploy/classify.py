@@ -19,9 +19,9 @@ inference runs in batches here; results come out in completion order.
 
 Timeline: a worker streams consecutive windows' features (`window_jobs`) through a pipe that a thread
 here drains into a small queue; windows are classified in batches while the next ones decode; memory is
-bounded by that queue, whatever the file length. It yields one dict per window ({file, start, end, label, score, probs,
-modalities}) as soon as its batch is done, then the file's result: the mean of the window probabilities,
-`modalities` = every modality some window used. A window longer than the model's has its frames spread
+bounded by that queue, whatever the file length. It yields one dict per window ({file, start, end, label,
+score, probs, modalities}) as soon as its batch is done, then the file's result: the mean of the window
+probabilities, `modalities` = every modality some window used. A window longer than the model's has its frames spread
 over it and its audio cut to the model's length (features.fit_length); a shorter one is tiled or padded.
 
 Missing modality: the predictor always gets both inputs (zeros for an absent one); the answer is the
@@ -47,7 +47,7 @@ MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .ts .mts .3gp .wmv .ogv "
     ".wav .mp3 .flac .ogg .opus .m4a .aac .wma".split())
 BATCH = 16
-POOL_MIN_FILES = 16  # starting the worker pool costs 2-5 s (torch + PyAV imports); fewer files run here
+POOL_MIN_FILES = 16  # up to this many files decode in one worker process; more: one worker per core
 
 
 def inference_threads() -> int:
