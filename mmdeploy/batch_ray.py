@@ -74,12 +74,15 @@ def connect(address: str | None = None, cpus: int | None = None, temp_dir: str |
 
 
 def uses_gpu(backend: str) -> bool:
-    """Whether actors need a GPU: a GPU backend, or `auto` on a cluster that has GPUs."""
+    """Whether actors get a GPU: a GPU backend always; auto and the onnxruntime/torch families when the
+    cluster has GPUs (each actor then picks the CUDA member); the -cpu backends never."""
     import ray
 
-    if backend == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return backend in GPU_BACKENDS or backend == "tensorrt"
+    if backend in GPU_BACKENDS:
+        return True
+    if backend.endswith("-cpu"):
+        return False
+    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 # ---- the two stages (run in Ray workers) ---------------------------------------------------------------
