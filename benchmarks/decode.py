@@ -2,16 +2,26 @@
 that decodes only the frames that window needs, and `ffmpeg -i FILE -f null -` (decodes everything).
 
     .venv/bin/python benchmarks/decode.py [--media ../shared/media] [--spec synth] [--runs 3] [--start 0]
+        [--sections files,cache] [--cache-rounds 2] [--cache-workers 1]
 
 Prints a markdown table of medians in milliseconds. Timings, not assertions.
+
+The cache section measures training's feature-cache warm-up (`warm_cache`, what `mmdeploy data cache`
+runs) in files/s with the fast decode path and with `media.reference_decode()` (every packet decoded:
+the "before"), alternating, each round into a fresh cache folder, on three sets: a generated synthetic
+dataset (`mmdeploy data synth`), 6-s 640x360 H.264 clips with B-frames (two windows each) and the
+shared clips.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,13 +71,61 @@ def ffmpeg_null(path: Path) -> None:
                    check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def cache_sets(root: Path, media: Path) -> dict[str, list]:
+    """{name: manifest items} of the three warm-up sets (see the module docstring)."""
+    from mmdeploy.data.manifest import Item, read_manifest
+    from mmdeploy.data.synth import generate
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from classify import write_clip
+
+    synth = read_manifest(generate(root / "synth", clips=48, workers=1)).items
+    clip = write_clip(root / "camera.mp4", 6.0, 25, (640, 360))
+    camera = []
+    for i in range(12):
+        path = shutil.copy(clip, root / f"camera{i:02d}.mp4")
+        camera += [Item(str(path), "a", "train", 0.0, 3.0), Item(str(path), "a", "train", 3.0, 6.0)]
+    shared = [Item(str(p), "a", "train") for p in sorted(media.iterdir()) if p.is_file() and p.suffix != ".md"]
+    return {"synth (64x64, 12 fps, 2 s)": synth, "camera-like (640x360 H.264 B-frames, 3-s windows)": camera,
+            "shared clips (first window)": shared}
+
+
+def cache_warmup(media: Path, spec, rounds: int, workers: int) -> None:
+    from mmdeploy.data.cache import warm_cache
+    from mmdeploy.media import _REFERENCE_ENV
+
+    with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
+        root = Path(tmp)
+        sets = cache_sets(root, media)
+        print(f"| warm-up set ({workers} worker{'s' if workers > 1 else ''}, median of {rounds}) | items | "
+              "files/s, reference decode | files/s, fast path | fast / reference |\n|---|---:|---:|---:|---:|")
+        for k, (name, items) in enumerate(sets.items()):
+            rates: dict[bool, list[float]] = {True: [], False: []}
+            for r in range(rounds):
+                for reference in ((True, False) if r % 2 == 0 else (False, True)):
+                    if reference:
+                        os.environ[_REFERENCE_ENV] = "1"  # inherited by the spawned workers
+                    try:
+                        t0 = time.perf_counter()
+                        failures = warm_cache(items, spec, root / f"cache{k}-{r}-{int(reference)}", workers=workers)
+                        rates[reference].append((len(items) - len(failures)) / (time.perf_counter() - t0))
+                    finally:
+                        os.environ.pop(_REFERENCE_ENV, None)
+            ref, fast = statistics.median(rates[True]), statistics.median(rates[False])
+            print(f"| {name} | {len(items)} | {ref:.1f} | {fast:.1f} | {fast / ref:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
     parser.add_argument("--spec", default="synth")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--start", type=float, default=0.0)
+    parser.add_argument("--sections", default="files,cache")
+    parser.add_argument("--cache-rounds", type=int, default=2)
+    parser.add_argument("--cache-workers", type=int, default=1, help="warm_cache workers (1: in this process)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
 
     import torch
 
@@ -80,6 +138,13 @@ def main() -> None:
     has_ffmpeg = shutil.which("ffmpeg") is not None
     files = sorted(p for p in args.media.iterdir() if p.suffix != ".md" and p.is_file())
     decode_window(files[0], spec)  # warm imports
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()}-core CPU, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    if "cache" in sections:
+        cache_warmup(args.media, spec, args.cache_rounds, args.cache_workers)
+        print()
+    if "files" not in sections:
+        return
     print(f"spec={args.spec} ({spec.window_seconds:g}-s window, {spec.frames} frames at "
           f"{spec.frame_height}x{spec.frame_width}), start={args.start:g}s, median of {args.runs}, "
           f"torch threads 1, {platform.machine()} {platform.python_version()}")
