@@ -323,3 +323,23 @@ def test_onnx_whose_outputs_do_not_match_its_classes_is_refused(run, tmp_path):
     onnx.save_model(model, str(tmp_path / "model.onnx"))
     with pytest.raises(MmdeployError, match="outputs 4 classes, its metadata lists 5"):
         OrtPredictor(tmp_path / "model.onnx")
+
+
+def test_tensorrt_path_verifies_the_bundle_and_its_onnx_before_loading_an_engine(copy, monkeypatch):
+    """No TensorRT here: the engine loader is replaced by a recorder, so only the checks before it run."""
+    from types import SimpleNamespace
+
+    from mmdeploy import runtime
+    from mmdeploy.errors import BundleError
+    from mmdeploy.runtime import trt_backend
+
+    loaded = []
+    monkeypatch.setitem(runtime.CHECKS, "tensorrt", lambda: None)
+    monkeypatch.setattr(runtime, "_engine_path", lambda run: run / "export" / "fake.engine")
+    monkeypatch.setattr(trt_backend, "TensorRTPredictor",
+                        lambda engine, classes, spec: loaded.append(engine) or SimpleNamespace(engine=engine))
+    assert runtime.load_predictor(copy, "tensorrt").engine == copy / "export" / "fake.engine"
+    _rewrite_onnx_classes(copy, CLASSES[::-1], record=True)
+    with pytest.raises(BundleError, match=r"model\.onnx: metadata mmdeploy\.classes differs from model\.json"):
+        runtime.load_predictor(copy, "tensorrt")
+    assert len(loaded) == 1
