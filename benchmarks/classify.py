@@ -72,14 +72,32 @@ def pyav_decode_all(path: Path) -> None:
             pass
 
 
+def tree_cpu() -> float:
+    """CPU s used so far by this process, its reaped children (ffmpeg) and its live descendants (the
+    timeline's decode worker, which is reused and so never reaped)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, ticks = {}, {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(proc.name)] = int(fields[1])
+            ticks[int(proc.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+    mine = {os.getpid()}
+    for _ in range(4):  # forkserver -> worker: a few levels deep
+        mine |= {pid for pid, ppid in parents.items() if ppid in mine}
+    return total + sum(ticks[pid] for pid in mine - {os.getpid()}) / tick
+
+
 def cpu_wall(fn) -> tuple[float, float]:
-    """(CPU s of this process and its children, wall s) of fn()."""
-    def cpu() -> float:
-        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    c0, t0 = cpu(), time.perf_counter()
+    """(CPU s of this process tree, wall s) of fn()."""
+    c0, t0 = tree_cpu(), time.perf_counter()
     fn()
-    return cpu() - c0, time.perf_counter() - t0
+    return tree_cpu() - c0, time.perf_counter() - t0
 
 
 def with_env(name: str, value: str | None, fn):
@@ -114,16 +132,23 @@ def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, labe
                  ("`ffmpeg -skip_frame noref -i FILE -map 0:v:0 -f null -` (video only, non-ref skipped)",
                   lambda: subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-skip_frame", "noref", "-i", str(long),
                                           "-map", "0:v:0", "-f", "null", "-"], **quiet))]
+    stages: dict[str, list[dict]] = {}
+
+    def timeline(tag: str):
+        def run() -> None:
+            result = [r for r in classify_timeline(long, predictor) if "windows" in r][0]
+            stages.setdefault(tag, []).append(result["timings_ms"])
+        return run
+
     windows = lambda: sum(1 for _ in iter_windows(long, spec))  # noqa: E731
-    timeline = lambda: sum(1 for r in classify_timeline(long, predictor) if "windows" not in r)  # noqa: E731
     rows += [("bare PyAV full decode (first video + audio stream)", lambda: pyav_decode_all(long)),
              ("ours, decode stage (`iter_windows`), reference decode", with_env(_REFERENCE_ENV, "1", windows)),
              ("ours, decode stage (`iter_windows`), fast path", with_env(_REFERENCE_ENV, None, windows)),
-             ("ours, timeline, reference decode (before)", with_env(_REFERENCE_ENV, "1", timeline)),
+             ("ours, timeline, reference decode (before)", with_env(_REFERENCE_ENV, "1", timeline("before"))),
              ("ours, timeline, fast path, 1 decode thread",
-              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, "1", timeline))),
+              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, "1", timeline("1 thread")))),
              ("**ours, timeline, fast path (default: frame threads = cores)**",
-              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, None, timeline)))]
+              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, None, timeline("default"))))]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in rows}
     for _ in range(rounds):
         for name, fn in rows:
@@ -136,6 +161,11 @@ def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, labe
         cpu = statistics.median(c for c, _ in r)
         ratio = f"{ref / walls[name]:.2f}x" if ref else "n/a (no ffmpeg)"
         print(f"| {name} | {walls[name]:.2f} | {cpu:.2f} | {seconds / walls[name]:.1f} | {ratio} |")
+    print("\nprofile of the timelines (timings_ms summed over the windows, median of the rounds; decode and "
+          "features run in the decode worker, infer in this process, overlapped with them):")
+    for tag, runs in stages.items():
+        print(f"- {tag}: " + ", ".join(f"{k} {statistics.median(t[k] for t in runs) / 1e3:.2f} s"
+                                      for k in ("decode", "features", "infer")))
     print()
 
 
