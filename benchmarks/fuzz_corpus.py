@@ -205,7 +205,8 @@ def run(corpus: Path, model: Path, single: int, timeline: int, timeout: float, f
         broken = check(call, picked)
         if broken:
             bad.append(("timeline run", broken, call["stderr"][-1500:]))
-    print(f"\ncorpus {corpus}: {len(files)} files from {len({f.name.split('_', 2)[2] for f in files})} seed clips")
+    seeds = {s for f in files for s in SEEDS if f.name.endswith(s)}
+    print(f"\ncorpus {corpus}: {len(files)} files from {len(seeds)} seed clips")
     print("| run | calls | files | exit 0 | exit 2 | other exit | signals | hangs | tracebacks | inputs != once | s/call |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in ("folder", "single", "timeline"):
