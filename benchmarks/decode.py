@@ -130,7 +130,7 @@ def main() -> None:
     import torch
 
     from mmdeploy.features import compute_features
-    from mmdeploy.media import decode_window, probe
+    from mmdeploy.media import decode_window, probe, reference_decode
     from mmdeploy.spec import preset
 
     torch.set_num_threads(1)
@@ -151,16 +151,19 @@ def main() -> None:
     if not has_ffmpeg:
         print("ffmpeg CLI not found: that column is skipped (apt-get install -y ffmpeg)")
     print()
-    print("| file | dur s | probe ms | ours: decode+features ms | bare PyAV, needed frames ms | ffmpeg -f null (all) ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| file | dur s | probe ms | ours: decode+features ms | same, reference decode ms | "
+          "bare PyAV, needed frames ms | ffmpeg -f null (all) ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for path in files:
         info = probe(path)
         probe_ms = median_ms(lambda: probe(path), args.runs)
         ours_ms = median_ms(lambda: compute_features(decode_window(path, spec, args.start), spec), args.runs)
+        with reference_decode():
+            before_ms = median_ms(lambda: compute_features(decode_window(path, spec, args.start), spec), args.runs)
         bare_ms = median_ms(lambda: bare_pyav(path, spec, args.start), args.runs)
         full_ms = f"{median_ms(lambda: ffmpeg_null(path), args.runs):.0f}" if has_ffmpeg else "n/a"
         duration = "none" if info.duration is None else f"{info.duration:.1f}"
-        print(f"| {path.name} | {duration} | {probe_ms:.1f} | {ours_ms:.0f} | {bare_ms:.0f} | {full_ms} |")
+        print(f"| {path.name} | {duration} | {probe_ms:.1f} | {ours_ms:.0f} | {before_ms:.0f} | {bare_ms:.0f} | {full_ms} |")
 
 
 if __name__ == "__main__":
