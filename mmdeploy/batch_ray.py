@@ -50,8 +50,8 @@ def connect(address: str | None = None, cpus: int | None = None, temp_dir: str |
     t0 = time.perf_counter()
     if ray.is_initialized():
         return 0.0
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False,
+    logging.getLogger("ray").setLevel(logging.ERROR)  # our progress line and summary are the output
+    kwargs = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False,
               "configure_logging": True}
     if temp_dir:
         kwargs["_temp_dir"] = temp_dir
@@ -263,7 +263,7 @@ def configure_data(object_store_mb: int = OBJECT_STORE_MB) -> None:
     ctx.execution_options.resource_limits = ExecutionResources.for_limits(
         object_store_memory=object_store_mb * 1024 * 1024)
     ctx.execution_options.preserve_order = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     del ray
 
 

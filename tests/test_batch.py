@@ -162,24 +162,25 @@ def test_kill_mid_run_then_rerun_writes_every_file_once(folder, tiny_bundle, tmp
     archive = tmp_path / "archive"
     archive.mkdir()
     clips = sorted(folder.glob("0*.mp4"))
-    for i in range(24):
+    for i in range(12):
         shutil.copy(clips[i % len(clips)], archive / f"{i:03d}.mp4")
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "mmdeploy", "batch", str(archive), "--model", str(tiny_bundle), "--out", str(out),
            "--backend", "torch", "--workers", "1", "--part-rows", "2", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # start-up (imports, decode workers) is slow on a loaded machine
     while not list(out.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _, err = proc.communicate()
+    assert list(out.glob("part-*.parquet")), f"no part written before the kill: {err.decode()[-2000:]}"
     before = len(read_results(out))
-    assert 0 < before < 24, f"the kill should land mid-run ({before} rows written)"
+    assert 0 < before < 12, f"the kill should land mid-run ({before} rows written)"
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"{24 - before} done (0 failed), {before} skipped" in done.stdout
+    assert f"{12 - before} done (0 failed), {before} skipped" in done.stdout
     rows = read_results(out).to_pylist()
-    assert sorted(Path(r["path"]).name for r in rows) == [f"{i:03d}.mp4" for i in range(24)]
+    assert sorted(Path(r["path"]).name for r in rows) == [f"{i:03d}.mp4" for i in range(12)]
     assert not list(out.glob(".tmp-*"))
 
 
