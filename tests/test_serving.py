@@ -303,6 +303,23 @@ def test_a_decoder_crash_costs_only_its_upload(server, media_dir, tmp_path):
     assert request_temp_files() == []
 
 
+def test_a_seeded_slice_of_the_fuzz_corpus_gets_no_5xx(server):
+    """20 files of benchmarks/fuzz_corpus.py (every recipe on two seed clips; the full 1,000-file run is
+    `benchmarks/serve_load.py --fuzz`): each is answered 200 or 4xx, never 5xx, and the service stays ready."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fuzz_corpus", Path(__file__).parents[1] / "benchmarks" /
+                                                  "fuzz_corpus.py")
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    files = [fuzz.mutate(i) for i in range(20)]  # recipes 0-9 on the first two seed clips
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda f: post(server, name=f[0], data=f[1]), files))
+    codes = {name: r.status_code for (name, _), r in zip(files, answers)}
+    assert all(c == 200 or 400 <= c < 500 for c in codes.values()), codes
+    assert httpx.get(server + "/readyz").status_code == 200
+
+
 def test_truncated_faststart_file_is_answered_not_a_500(server, media_dir, tmp_path):
     # index at the start: the first window is still there, so a result (or a 4xx) are both fine
     cut = truncated(media_dir / "phone_vfr_h264_aac_mono.mp4", tmp_path / "phone_cut.mp4")
