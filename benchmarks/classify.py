@@ -145,9 +145,9 @@ def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, labe
              ("ours, decode stage (`iter_windows`), reference decode", with_env(_REFERENCE_ENV, "1", windows)),
              ("ours, decode stage (`iter_windows`), fast path", with_env(_REFERENCE_ENV, None, windows)),
              ("ours, timeline, reference decode (before)", with_env(_REFERENCE_ENV, "1", timeline("before"))),
-             ("ours, timeline, fast path, 1 decode thread",
-              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, "1", timeline("1 thread")))),
-             ("**ours, timeline, fast path (default: frame threads = cores)**",
+             (f"ours, timeline, fast path, MMDEPLOY_DECODE_THREADS={os.cpu_count()} (frame threads)",
+              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, str(os.cpu_count()), timeline("frame threads")))),
+             ("**ours, timeline, fast path (default: 1 decode thread)**",
               with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, None, timeline("default"))))]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in rows}
     for _ in range(rounds):

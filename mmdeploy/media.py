@@ -56,7 +56,7 @@ _SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguo
 _LOOKAHEAD = 16              # video packets read ahead of the decoder, to know the next frame's time
 _SKIP_REACH = 1.0            # s: a frame is skipped only if a frame at most this much later is known
 _REFERENCE_ENV = "MMDEPLOY_REFERENCE_DECODE"  # "1": decode every packet (see reference_decode)
-_THREADS_ENV = "MMDEPLOY_DECODE_THREADS"      # frame threads of a timeline's video decoder (see _timeline_threads)
+_THREADS_ENV = "MMDEPLOY_DECODE_THREADS"      # threads of a timeline's video decoder (see _timeline_threads)
 
 
 # ---- what a file holds ---------------------------------------------------------------------------
@@ -517,18 +517,13 @@ def _set_threads(cc, threads: int) -> None:
 
 
 def _timeline_threads() -> int:
-    """Frame threads for a timeline's video decoder: MMDEPLOY_DECODE_THREADS, else this process's
-    cores. A timeline decodes in one thread and infers in another (classify.py); inference is the
-    lighter of the two for 2-s windows, so frame threads put the decoder on the core inference leaves
-    idle (measured: benchmarks/classify.py). Per-clip decoding (`decode_window`, run in process pools
-    sized to the cores) keeps PyAV's default."""
+    """Threads of a timeline's video decoder: MMDEPLOY_DECODE_THREADS (N > 1: N frame threads), else 1,
+    the core that classify.inference_threads() leaves to decoding (inference takes the rest). Measured
+    (benchmarks/classify.py, 2 cores): frame threads = cores were no faster than 1 thread (0.94x-1.06x),
+    and a timeline often runs beside other decoders (folders, the service), where they would only
+    oversubscribe the cores."""
     value = os.environ.get(_THREADS_ENV, "").strip()
-    if value.isdigit():
-        return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def _reference() -> bool:
