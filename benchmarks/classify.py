@@ -128,7 +128,8 @@ def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, labe
     rows = []
     if ffmpeg:
         rows += [("`ffmpeg -i FILE -f null -` (all streams)",
-                  lambda: subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-i", str(long), "-f", "null", "-"], **quiet)),
+                  lambda: subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-i", str(long), "-f", "null", "-"],
+                                         **quiet)),
                  ("`ffmpeg -skip_frame noref -i FILE -map 0:v:0 -f null -` (video only, non-ref skipped)",
                   lambda: subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-skip_frame", "noref", "-i", str(long),
                                           "-map", "0:v:0", "-f", "null", "-"], **quiet))]

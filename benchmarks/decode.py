@@ -163,7 +163,8 @@ def main() -> None:
         bare_ms = median_ms(lambda: bare_pyav(path, spec, args.start), args.runs)
         full_ms = f"{median_ms(lambda: ffmpeg_null(path), args.runs):.0f}" if has_ffmpeg else "n/a"
         duration = "none" if info.duration is None else f"{info.duration:.1f}"
-        print(f"| {path.name} | {duration} | {probe_ms:.1f} | {ours_ms:.0f} | {before_ms:.0f} | {bare_ms:.0f} | {full_ms} |")
+        print(f"| {path.name} | {duration} | {probe_ms:.1f} | {ours_ms:.0f} | {before_ms:.0f} | {bare_ms:.0f} "
+              f"| {full_ms} |")
 
 
 if __name__ == "__main__":
