@@ -3,7 +3,7 @@
 INPUT is a folder (searched recursively), a glob, a media file, or a manifest (.csv / .parquet with a
 `path` column; relative paths are read from the manifest's folder; every other column is carried into
 the results, renamed `input_<name>` where it would clash with a result field). RESULTS is a folder of
-Parquet parts (`part-*.parquet`, one schema, SCHEMA below) plus `_batch.json` (the options the results
+Parquet parts (`part-*.parquet`, one schema: `schema()` below) plus `_batch.json` (the options the results
 were made with); any Parquet reader opens the folder as one table (files starting with `_` or `.`
 are not data).
 
