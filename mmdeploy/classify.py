@@ -197,7 +197,7 @@ def classify_file(path: str | Path, predictor, top_k: int = 5, timeout: float | 
         job = file_job(str(path), predictor.spec)
         if "error" in job:
             raise MediaError(path, job["error"])
-    return _finish([job], predictor, top_k)[0]
+    return classify_jobs([job], predictor, top_k)[0]
 
 
 def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | None = None,
@@ -214,7 +214,7 @@ def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | 
     if not isolated:
         for path in paths:
             result = job(str(path), predictor.spec)
-            yield result if "error" in result else _finish([result], predictor, top_k)[0]
+            yield result if "error" in result else classify_jobs([result], predictor, top_k)[0]
         return
     from mmdeploy.isolate import run_jobs
 
@@ -228,10 +228,10 @@ def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | 
             else:
                 ready.append(value)
         for i in range(0, len(ready), batch_size):
-            yield from _finish(ready[i:i + batch_size], predictor, top_k)
+            yield from classify_jobs(ready[i:i + batch_size], predictor, top_k)
 
 
-def _finish(jobs: list[dict[str, Any]], predictor, top_k: int) -> list[dict[str, Any]]:
+def classify_jobs(jobs: list[dict[str, Any]], predictor, top_k: int) -> list[dict[str, Any]]:
     """Classify a batch of worker results; each file's infer time is its share of the batch."""
     t0 = time.perf_counter()
     probs = infer(jobs, predictor)

@@ -24,7 +24,7 @@ from typing_extensions import Annotated
 
 from mmdeploy import isolate
 from mmdeploy import serving_core as core
-from mmdeploy.classify import _finish, classify_timeline
+from mmdeploy.classify import classify_jobs, classify_timeline
 from mmdeploy.media import probe
 from mmdeploy.serving_schema import ClassifyResult, OpenAPIPatch, TimelineResult
 
@@ -133,7 +133,7 @@ class AVClassifier:
             predictor = await self.predictor()
             job = await loop.run_in_executor(self.decode, isolate.decode_isolated, video, predictor.spec,
                                              SETTINGS.decode_timeout_s)
-            result = await loop.run_in_executor(self.calls, _finish, [job], predictor, 5)
+            result = await loop.run_in_executor(self.calls, classify_jobs, [job], predictor, 5)
         except Exception as exc:
             return core.fail(ctx, *core.explain(exc, name, SETTINGS.decode_timeout_s))
         return JSONResponse({**result[0], "file": name})
