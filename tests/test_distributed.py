@@ -3,11 +3,12 @@ because the scores are all-reduced before k is computed; without that reduce the
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+
+from tests.servers import free_port
 
 TINY = {"audio": {"type": "resnet", "width": 4, "layers": [1, 1, 1, 1]},
         "video": {"type": "resnet", "width": 4, "layers": [1, 1, 1, 1]},
@@ -50,12 +51,6 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         result[variant] = {"params": digest(model), "k": ks}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlb_under_ddp_keeps_ranks_identical(tmp_path):

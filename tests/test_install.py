@@ -15,16 +15,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from mmdeploy.serving_core import stop_server
+from tests.servers import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 httpx = pytest.importorskip("httpx")
@@ -64,12 +63,6 @@ def fresh_venv(path: Path, env: dict, requirements: list[str]) -> Path:
     return path / "bin"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(args: list, cwd: Path, env: dict, log: Path):
     """Start `args` (a server on a free port given by {port}) in its own process group; yield the URL."""
@@ -79,14 +72,7 @@ def server(args: list, cwd: Path, env: dict, log: Path):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"server not ready in 240 s:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(1)
+        wait_ready(proc, url, log, deadline_s=240, poll_s=1)
         yield url
     finally:
         stop_server(proc)

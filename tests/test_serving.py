@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ import pytest
 
 from mmdeploy.serving_core import stop_server
 from mmdeploy.serving_schema import ClassifyResult, TimelineResult, TimelineWindow
+from tests.servers import free_port, wait_ready
 
 httpx = pytest.importorskip("httpx")
 
 MAX_UPLOAD_MB = 2
 READY_DEADLINE_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(run: Path | None, tmp: Path, **env: str) -> tuple[subprocess.Popen, str, Path]:
@@ -54,25 +48,12 @@ def start_server(run: Path | None, tmp: Path, **env: str) -> tuple[subprocess.Po
     return proc, f"http://127.0.0.1:{port}", log
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_DEADLINE_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready in {READY_DEADLINE_S} s:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-
-
 @contextlib.contextmanager
 def running_server(run: Path, tmp: Path, **env: str):
     """`mmdeploy serve --model RUN` on a free 127.0.0.1 port; yields (URL, process, log); stops its process group."""
     proc, url, log = start_server(run, tmp, **env)
     try:
-        wait_ready(proc, url, log)
+        wait_ready(proc, url, log, READY_DEADLINE_S)
         yield url, proc, log
     finally:
         stop_server(proc)
@@ -485,7 +466,7 @@ def stopped_within(proc: subprocess.Popen, seconds: float) -> None:
 def test_sigterm_stops_every_process_within_10s_while_a_request_is_in_flight(served_run, media_dir, tmp_path):
     proc, url, log = start_server(served_run, tmp_path)
     try:
-        wait_ready(proc, url, log)
+        wait_ready(proc, url, log, READY_DEADLINE_S)
         path = media_dir / "bbb_vp8_vorbis_30s.webm"
         with httpx.stream("POST", url + "/timeline", files={"video": (path.name, path.read_bytes())},
                           data={"window": "0.4", "hop": "0.4"}, timeout=60) as r:
