@@ -492,14 +492,11 @@ def run_local(todo: list[Source], job: Job, model: str, files_done: Callable[[li
 
 def window_results(items: list[dict[str, Any]], path: str, predictor, top_k: int) -> list[dict[str, Any]]:
     """A batch of timeline items (classify.window_jobs dicts) -> one classify result per window."""
-    from mmdeploy.classify import infer, make_result
+    from mmdeploy.classify import classify_jobs
 
-    t0 = time.perf_counter()
-    probs = infer(items, predictor)
-    share = (time.perf_counter() - t0) * 1e3 / len(items)
-    return [make_result(path, p, predictor, {"decode": it["decode"], "features": it["features"], "infer": share},
-                        top_k, window={"start": it["start"], "end": it["end"]})
-            for it, p in zip(items, probs)]
+    jobs = [{"file": path, "audio": it["audio"], "video": it["video"], "window": {"start": it["start"], "end": it["end"]},
+             "timings_ms": {"decode": it["decode"], "features": it["features"]}} for it in items]
+    return classify_jobs(jobs, predictor, top_k)
 
 
 def run_local_timelines(todo: list[Source], job: Job, model: str, predictor,
