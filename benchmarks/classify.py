@@ -39,16 +39,18 @@ def write_clip(path: Path, seconds: float, fps: int, size: tuple[int, int], rate
     rng = np.random.default_rng(0)
     base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2)
     base += rng.normal(0, 30, base.shape).astype(np.float32)  # texture that moves with the gradient
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast",
-                                                          "x264-params": "bframes=3:b-pyramid=normal"})
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
+    with av.open(str(path), "w", options=CONTAINER_OPTIONS) as out:  # the same bytes on every run
+        vs = out.add_stream("libx264", rate=fps, options=encoder_options(
+            "libx264", {"preset": "veryfast", "x264-params": "bframes=3:b-pyramid=normal"}))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        as_ = out.add_stream("aac", rate=rate, layout="stereo")
+        as_ = out.add_stream("aac", rate=rate, layout="stereo", options=encoder_options("aac"))
         frames, samples, chunk = int(seconds * fps), int(seconds * rate), 1024
         a = 0
         for i in range(frames):
             img = (np.roll(base, i * 3, axis=1) + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame = video_frame(img)
             frame.pts, frame.time_base = i, Fraction(1, fps)
             out.mux(vs.encode(frame))
             while a < min(samples, (i + 1) * rate // fps):

@@ -32,21 +32,23 @@ def write_clip(path: Path, seconds: float, *, fps: int = 10, size: tuple[int, in
     """An H.264 + AAC (or PCM: fast to write) file, either track optional, with moving colour and a tone."""
     import av
 
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
     options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
+    with av.open(str(path), "w", options={**CONTAINER_OPTIONS, **options}) as out:
         vs = as_ = None
         if video:
-            vs = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+            vs = out.add_stream("libx264", rate=fps, options=encoder_options("libx264", {"preset": "ultrafast"}))
             vs.width, vs.height = size
             vs.pix_fmt = "yuv420p"
         if audio:
-            as_ = out.add_stream(audio_codec, rate=rate, layout="mono")
+            as_ = out.add_stream(audio_codec, rate=rate, layout="mono", options=encoder_options(audio_codec))
         if vs is not None:
             for i in range(int(seconds * fps)):
                 img = np.zeros((size[1], size[0], 3), np.uint8)
                 img[..., i % 3] = (i * 7) % 256
                 img[: (i % size[1]) + 1, :, 1] = 200
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame = video_frame(img)
                 frame.pts, frame.time_base = i, Fraction(1, fps)
                 out.mux(vs.encode(frame))
             out.mux(vs.encode(None))

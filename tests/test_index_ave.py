@@ -34,13 +34,15 @@ def write_clip(path: Path, seconds: float, audio: bool) -> None:
     """A tiny H.264 (+ AAC) MP4: 32x32 at 10 fps, 16 kHz mono sine."""
     import av
 
-    with av.open(str(path), "w") as box:
-        vs = box.add_stream("libx264", rate=10)
-        aus = box.add_stream("aac", rate=16000, layout="mono") if audio else None
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
+    with av.open(str(path), "w", options=CONTAINER_OPTIONS) as box:
+        vs = box.add_stream("libx264", rate=10, options=encoder_options("libx264"))
+        aus = box.add_stream("aac", rate=16000, layout="mono", options=encoder_options("aac")) if audio else None
         vs.width = vs.height = 32
         vs.pix_fmt = "yuv420p"
         for i in range(int(seconds * 10)):
-            box.mux(vs.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 20 % 255, np.uint8), format="rgb24")))
+            box.mux(vs.encode(video_frame(np.full((32, 32, 3), i * 20 % 255, np.uint8))))
         box.mux(vs.encode())
         if aus:
             wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * 16000)) / 16000)).astype(np.float32)

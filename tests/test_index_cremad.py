@@ -25,15 +25,17 @@ def write_clip(path: Path, seconds: float, fmt: str | None, vcodec: str | None, 
     """A tiny real media file: 32x32 frames at 10 fps and/or a mono sine."""
     import av
 
-    with av.open(str(path), "w", format=fmt) as box:
-        vs = box.add_stream(vcodec, rate=10) if vcodec else None
-        aus = box.add_stream(acodec, rate=rate, layout="mono") if acodec else None
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
+    with av.open(str(path), "w", format=fmt, options=CONTAINER_OPTIONS) as box:
+        vs = box.add_stream(vcodec, rate=10, options=encoder_options(vcodec)) if vcodec else None
+        aus = box.add_stream(acodec, rate=rate, layout="mono", options=encoder_options(acodec)) if acodec else None
         if vs:
             vs.width = vs.height = 32
             vs.pix_fmt = "yuv420p"
             for i in range(int(seconds * 10)):
                 img = np.full((32, 32, 3), i * 20 % 255, np.uint8)
-                box.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+                box.mux(vs.encode(video_frame(img)))
             box.mux(vs.encode())
         if aus:
             fmt_name = aus.codec_context.format.name

@@ -23,14 +23,16 @@ def write_clip(path: Path, seconds: float, audio: bool) -> None:
     """A tiny AVI like UCF101's: MPEG-4 part 2 video 32x32 at 10 fps (+ MP3 mono)."""
     import av
 
-    with av.open(str(path), "w", format="avi") as box:
-        vs = box.add_stream("mpeg4", rate=10)
-        aus = box.add_stream("libmp3lame", rate=44100, layout="mono") if audio else None
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
+    with av.open(str(path), "w", format="avi", options=CONTAINER_OPTIONS) as box:
+        vs = box.add_stream("mpeg4", rate=10, options=encoder_options("mpeg4"))
+        aus = box.add_stream("libmp3lame", rate=44100, layout="mono", options=encoder_options("libmp3lame")) \
+            if audio else None
         vs.width = vs.height = 32
         vs.pix_fmt = "yuv420p"
         for i in range(int(seconds * 10)):
-            box.mux(vs.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 20 % 255, np.uint8),
-                                                         format="rgb24")))
+            box.mux(vs.encode(video_frame(np.full((32, 32, 3), i * 20 % 255, np.uint8))))
         box.mux(vs.encode())
         if aus:
             fmt = aus.codec_context.format.name

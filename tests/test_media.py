@@ -32,15 +32,18 @@ def write_clip(path: Path, seconds: float = 4.0, fps: int = 10, size: tuple[int,
     """
     import av
 
-    with av.open(str(path), "w", options=options or {}) as out:
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
+    with av.open(str(path), "w", options={**CONTAINER_OPTIONS, **(options or {})}) as out:
         if video:
-            vs = out.add_stream(vcodec, rate=fps, options={"preset": "veryfast"} if vcodec == "libx264" else {})
+            vs = out.add_stream(vcodec, rate=fps,
+                                options=encoder_options(vcodec, {"preset": "veryfast"} if vcodec == "libx264" else {}))
             vs.width, vs.height, vs.pix_fmt = size[0], size[1], pix_fmt
             vs.time_base = Fraction(1, fps)
             if rotation is not None:
                 vs.set_display_rotation(rotation, hflip=flip == "hflip", vflip=flip == "vflip")
         if audio:
-            aus = out.add_stream(acodec, rate=rate, layout=layout)
+            aus = out.add_stream(acodec, rate=rate, layout=layout, options=encoder_options(acodec))
         frame_size = 1024
         n_audio = int(seconds * rate)
         t = np.arange(n_audio) / rate
@@ -54,7 +57,7 @@ def write_clip(path: Path, seconds: float = 4.0, fps: int = 10, size: tuple[int,
                 img[:] = PALETTE[int(vi / fps) % 4]
                 if marker:
                     img[: size[1] // 2, : size[0] // 2] = 255
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame = video_frame(img, pix_fmt)
                 frame.pts = vi
                 out.mux(vs.encode(frame))
                 vi += 1

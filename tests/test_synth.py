@@ -66,6 +66,38 @@ def test_same_seed_same_labels_splits_and_features(tmp_path, tiny_spec):
         assert not torch.equal(fa[1], fc[1])  # another seed draws other pixels
 
 
+def test_one_seed_gives_byte_identical_files_in_separate_processes(tmp_path):
+    """Two generations of one seed, each in its own process (one serial, one with a 2-process pool), write
+    the same bytes for every clip and the same manifest; the manifest's SHA-256 column is each file's."""
+    import hashlib
+    import subprocess
+
+    from mmdeploy.data.manifest import check_digests
+
+    def run(name: str, workers: int) -> Path:
+        code = ("import sys; from mmdeploy.data.synth import generate; "
+                f"generate(sys.argv[1], clips=12, seed=5, classes=4, workers={workers})")
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, timeout=300)
+        return tmp_path / name
+
+    a, b = run("a", 1), run("b", 2)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert len([f for f in files_a if f.suffix == ".mp4"]) == 12
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    manifest = read_manifest(a / "manifest.csv")
+    for it in manifest.items:
+        assert it.sha256 == hashlib.sha256(Path(it.path).read_bytes()).hexdigest()
+    assert check_digests(manifest) == []
+    clip = Path(manifest.items[3].path)
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    clip.write_bytes(bytes(data))
+    (problem,) = check_digests(manifest)
+    assert problem.startswith(f"{clip}: sha256 ")
+
+
 def test_pairs_share_exactly_one_cue():
     table = class_table(8)
     assert len({c.name for c in table}) == 8

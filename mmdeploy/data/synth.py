@@ -19,7 +19,8 @@ training fits the training set from audio (plus memorised video) and under-train
 the modality imbalance that MLB corrects.
 
 Knobs of `generate`: clips (total, spread evenly over classes), seed (determines everything: pixels,
-samples, labels, splits), classes (2-12), size (frame px), fps, seconds, sample_rate, workers (process
+samples, labels, splits, and every file's bytes for a given PyAV/FFmpeg build; the manifest records each
+clip's SHA-256), classes (2-12), size (frame px), fps, seconds, sample_rate, workers (process
 pool). Difficulty lives in the module constants below (AUDIO_SNR_DB, VIDEO_NOISE, CLUTTER_*,
 SHAPE_RADIUS, DARK/BRIGHT). Splits: 70/15/15 per class (stratified); leftover val/test clips go round
 the classes, so even tiny sets (3 clips per class) get all three splits.
@@ -34,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdeploy.data.manifest import Item, write_manifest
+from mmdeploy.data.manifest import Item, file_sha256, write_manifest
+from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
 from mmdeploy.errors import ConfigError
 
 SOUNDS = ("hum", "whistle", "rise", "fall", "beep", "warble", "trill", "chirps", "high", "buzz", "ping", "duo")
@@ -194,19 +196,20 @@ def render_video(shape: str, frames: int, size: int, rng: np.random.Generator) -
 
 # ---- files -----------------------------------------------------------------------------------
 def write_mp4(path: Path, video: np.ndarray, fps: int, audio: np.ndarray, sample_rate: int) -> None:
-    """One H.264 (yuv420p) video track and one mono AAC track; written to a temp name, then renamed."""
+    """One H.264 (yuv420p) video track and one mono AAC track, byte-reproducible (the same arrays give the
+    same file); written to a temp name, then renamed."""
     import av
 
     tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), "w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=fps)
+    with av.open(str(tmp), "w", format="mp4", options=CONTAINER_OPTIONS) as out:
+        # one thread per clip (the process pool parallelises clips); byte-reproducible: see data/writer.py
+        vs = out.add_stream("libx264", rate=fps,
+                            options=encoder_options("libx264", {"crf": "18", "preset": "veryfast"}))
         vs.width, vs.height, vs.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
-        vs.options = {"crf": "18", "preset": "veryfast"}
-        vs.codec_context.thread_count = 1  # one thread per clip: deterministic bytes, the pool parallelises
-        ast = out.add_stream("aac", rate=sample_rate, layout="mono")
+        ast = out.add_stream("aac", rate=sample_rate, layout="mono", options=encoder_options("aac"))
         ast.bit_rate = 64000
         for i, rgb in enumerate(video):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame = video_frame(rgb)
             frame.pts = i
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
@@ -229,11 +232,13 @@ class _Job:
     sample_rate: int
 
 
-def _make_clip(job: _Job) -> None:
+def _make_clip(job: _Job) -> str:
+    """Render and write one clip; return its SHA-256."""
     rng = np.random.default_rng([job.seed, job.index])
     video = render_video(job.cue.shape, int(round(job.fps * job.seconds)), job.size, rng)
     audio = render_audio(job.cue.sound, job.seconds, job.sample_rate, rng)
     write_mp4(job.path, video, job.fps, audio, job.sample_rate)
+    return file_sha256(job.path)
 
 
 def assign_splits(labels: list[int], seed: int) -> list[str]:
@@ -280,12 +285,11 @@ def generate(out: str | Path, clips: int = 480, seed: int = 0, classes: int = 8,
                  sample_rate) for i, lab in enumerate(labels)]
     workers = max(1, min(workers or os.cpu_count() or 1, clips))
     if workers == 1:
-        for job in jobs:
-            _make_clip(job)
+        digests = [_make_clip(job) for job in jobs]
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_make_clip, jobs, chunksize=max(1, clips // (workers * 8))))
+            digests = list(pool.map(_make_clip, jobs, chunksize=max(1, clips // (workers * 8))))
     splits = assign_splits(labels, seed)
-    items = [Item(path=str(job.path), label=job.cue.name, split=split)
-             for job, split in zip(jobs, splits)]
+    items = [Item(path=str(job.path), label=job.cue.name, split=split, sha256=digest)
+             for job, split, digest in zip(jobs, splits, digests)]
     return write_manifest(out / "manifest.csv", items, [c.name for c in table])
