@@ -38,10 +38,15 @@ def uv() -> str:
     return found
 
 
+VENV_BIN = Path(sys.executable).parent  # the environment `make install` made (.venv/bin)
+
+
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """The caller's environment minus anything that would let the checkout leak in."""
+    """What a user's shell has after `make install` and `source .venv/bin/activate`: the system's PATH and
+    .venv/bin, nothing else (not the uv that the Makefile bootstraps into .uv/, nor the caller's PATH), minus
+    anything that would let the checkout leak in."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "MMDEPLOY_MODEL")}
-    env["PATH"] = os.pathsep.join([str(Path(uv()).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), "/usr/bin", "/bin"])
     return {**env, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "OMP_NUM_THREADS": "1",
             **extra}
 
@@ -131,15 +136,14 @@ def test_built_bento_serves_a_real_clip_from_a_clean_environment(tiny_exported, 
     model_tag = sh([sys.executable, "-c", store], REPO, env).stdout.strip()
     # from the repository root (pyproject's [tool.bentoml.build]); MMDEPLOY_MODEL set at build time must not
     # keep the store model out of the Bento (it only overrides at serve time)
-    built = sh([sys.executable, "-m", "bentoml", "build", "-o", "tag"], REPO,
-               {**env, "MMDEPLOY_MODEL": str(tiny_exported[0])})
+    built = sh(["bentoml", "build", "-o", "tag"], REPO, {**env, "MMDEPLOY_MODEL": str(tiny_exported[0])})
     tag = re.search(r"av-classifier:\w+", built.stdout).group(0)
     bento = tmp_path / "bentoml/bentos" / Path(tag.replace(":", "/"))
     assert f"tag: {model_tag}" in (bento / "bento.yaml").read_text()  # the store model travels with it
     # self-contained: exported to one .bento file and imported into an empty home, it brings its model along
-    sh([sys.executable, "-m", "bentoml", "export", tag, tmp_path / "av.bento"], tmp_path, env)
+    sh(["bentoml", "export", tag, tmp_path / "av.bento"], tmp_path, env)
     env = clean_env(tmp_path, BENTOML_HOME=str(tmp_path / "clean-home"))
-    sh([sys.executable, "-m", "bentoml", "import", tmp_path / "av.bento"], tmp_path, env)
+    sh(["bentoml", "import", tmp_path / "av.bento"], tmp_path, env)
     stored = next((tmp_path / "clean-home/models").rglob("model.safetensors"))
     assert stored.read_bytes() == (tiny_exported[0] / "model.safetensors").read_bytes()
     locked = (bento / "env/python/requirements.txt").read_text()
@@ -159,7 +163,7 @@ def test_built_bento_serves_a_real_clip_from_a_clean_environment(tiny_exported, 
 def test_plain_bentoml_serve_from_the_repository_root(tiny_exported, tmp_path, media_dir):
     """`bentoml serve` with no argument, the way BentoML users type it: pyproject's [tool.bentoml.build]."""
     env = clean_env(tmp_path, MMDEPLOY_MODEL=str(tiny_exported[0]), MMDEPLOY_BACKEND="onnxruntime")
-    with server([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"], REPO, env,
+    with server(["bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"], REPO, env,
                 tmp_path / "root.log") as url:
         answer = classify_over_http(url, media_dir / CLIP)
         assert answer["label"] in answer["probs"] and answer["backend"].startswith("onnxruntime")
