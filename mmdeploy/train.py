@@ -345,7 +345,8 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
     train_loader, shuffle_gen, eval_loaders = make_loaders(rec, manifest, spec, ctx, skip)
 
     seed_everything(cfg.seed)
-    model = build_model(rec.model.model_dump(), len(manifest.classes)).to(device)
+    model = build_model(balancer.arch(rec.model.model_dump()), len(manifest.classes)).to(device)
+    extra_params = balancer.setup(model, cfg.epochs)  # e.g. MCR's decoder; also resolves stage lengths
     net = model
     if ctx.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -353,7 +354,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=not getattr(balancer, "trains_heads", False))
         balancer.reduce = all_reduce_mean
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer)
+    optimizer = make_optimizer([*model.parameters(), *extra_params], cfg.optimizer)
     total_steps = cfg.epochs * len(train_loader)
 
     state = State()
@@ -367,7 +368,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
         run.mkdir(parents=True, exist_ok=True)
     epochs_log = read_jsonl(run / "metrics.jsonl", state.epochs_done) if ctx.main else []
     steps_log = read_jsonl(run / "steps.jsonl", state.epochs_done) if ctx.main else []
-    method_meta = {"name": rec.method.name, **rec.method.params}
+    method_meta = {"name": rec.method.name, **rec.method.params, **balancer.notes}
     extra = {"data": {"manifest": str(rec.data.manifest_path), "cache": str(rec.data.cache_path)},
              "recipe": rec.model_dump(mode="json")}
 
@@ -382,6 +383,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
             started = time.perf_counter()
             seed_everything(epoch_seed(cfg.seed, epoch))
             shuffle_gen.manual_seed(epoch_seed(cfg.seed, epoch))
+            balancer.begin_epoch(model, optimizer, epoch)  # stage switches (pre-training -> fusion)
             train_loader.dataset.set_epoch(epoch)
             if ctx.world > 1:
                 train_loader.sampler.set_epoch(epoch)
@@ -406,12 +408,13 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
                     dist.broadcast(buf, src=0)
             val = summarize(*predict(model, eval_loaders["val"], device))
             state.epochs_done = epoch + 1
-            improved = val["fused_acc"] > state.best_val
+            selectable = balancer.selectable(epoch)  # a pre-training epoch's fused head is not the model
+            improved = selectable and val["fused_acc"] > state.best_val
             if improved:
                 test = summarize(*predict(model, eval_loaders["test"], device)) if "test" in eval_loaders else None
                 state.best_val, state.bad_epochs = val["fused_acc"], 0
                 state.best = {"epoch": epoch + 1, "val": val, "test": test}
-            else:
+            elif selectable:
                 state.bad_epochs += 1
             k_means = {key[2:]: float(np.mean([r[key] for r in rows if key in r]))
                        for key in sorted({k for r in rows for k in r if k.startswith("k_")})}
@@ -422,6 +425,8 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
                       "train_acc": (totals[2] / totals[3]).item(),
                       "val": val, "k": k_means, "lr": lr, "time_s": round(time.perf_counter() - started, 3),
                       "best": improved}
+            if balancer.stage(epoch) is not None:
+                record["stage"] = balancer.stage(epoch)
             if ctx.main:
                 if improved:
                     save_bundle(run, model, manifest.classes, spec, method_meta,

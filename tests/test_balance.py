@@ -1,4 +1,6 @@
-"""Balancing: golden coefficients by hand, parameter groups each method touches, config errors."""
+"""Balancing: golden coefficients by hand, parameter groups each method touches, config errors; one test
+parametrized over the registry (adding a method adds its test). MCR, ensemble and the staged baselines:
+tests/test_balance_baselines.py."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mmdeploy.balance import (agm_coefficients, build_method, mlb_coefficients, mlb_ratios, ogm_coefficients,
-                              scale_grads, true_class_scores)
+from mmdeploy.balance import (METHODS, agm_coefficients, build_method, mlb_coefficients, mlb_ratios,
+                              ogm_coefficients, scale_grads, true_class_scores)
 from mmdeploy.errors import ConfigError
 from mmdeploy.models import build_model
 
@@ -202,6 +204,49 @@ def test_agm_outputs_sum_to_fused(model):
 def test_bad_method_config_names_the_key(name, params, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_method(name, **params)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_validates_steps_and_resumes(name):
+    """Every entry of the registry: defaults are valid, an unknown key and a string where a number belongs
+    name the key, integers pass where floats are meant; three optimizer steps over a stage boundary (epochs
+    0, 1 of 2) give a finite loss, finite gradients, float logs and moving weights; the method's running
+    state round-trips through state_dict (as --resume stores it)."""
+    with pytest.raises(ConfigError, match=r"method\.bogus: not a parameter of"):
+        build_method(name, bogus=1)
+    for key, field in METHODS[name].Params.model_fields.items():
+        if field.annotation in (float, float | None):
+            with pytest.raises(ConfigError, match=rf"method\.{key}: {name} needs"):
+                build_method(name, **{key: "1e-4"})
+            if isinstance(field.default, float) and field.default.is_integer():  # e.g. 10.0 written as 10
+                value = build_method(name, **{key: int(field.default)})
+                assert getattr(value, key) == field.default and isinstance(getattr(value, key), float)
+    method = build_method(name)
+    torch.manual_seed(0)
+    model = build_model(method.arch(TINY), 3)
+    extra = method.setup(model, 2)
+    optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=1e-2)
+    torch.manual_seed(1)
+    audio, video, labels = torch.randn(6, 1, 16, 16), torch.randn(6, 3, 2, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    from mmdeploy.train import train_step
+
+    for epoch in (0, 1, 1):
+        method.begin_epoch(model, optimizer, epoch)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        model.train()
+        outputs, loss, logs = train_step(model, model, method, optimizer, audio, video, labels, epoch)
+        assert math.isfinite(loss), (name, epoch)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values()), logs
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        assert any(not torch.equal(before[n], p) for n, p in model.named_parameters()), f"{name}: nothing moved"
+        assert outputs["fused"].shape == (6, 3)
+    state = method.state_dict()
+    restored = build_method(name)
+    restored.setup(copy.deepcopy(model), 2)
+    restored.load_state_dict({k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()})
+    again = restored.state_dict()
+    assert again.keys() == state.keys()
+    assert all(torch.equal(v, again[k]) if torch.is_tensor(v) else v == again[k] for k, v in state.items())
 
 
 def test_beta_alone_selects_the_beta_variant():

@@ -10,6 +10,8 @@ everything after the modalities meet are shared.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -187,5 +189,26 @@ class TransformerFusion(nn.Module):
         return [self.modality_embedding, self.cls, *self.encoder.parameters(), *self.out.parameters()]
 
 
+class ProbMeanFusion(nn.Module):
+    """The ensemble's prediction: z = log((1/M) sum_m softmax(z_m)) over the encoders' own heads, so
+    softmax(z) is the mean of the unimodal probabilities. No parameters (no fused head); chosen by the
+    `ensemble` balancing method, and exported like any fusion."""
+
+    inputs = "logits"
+
+    def __init__(self, dims: dict[str, int], num_classes: int):
+        super().__init__()
+
+    def forward(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        log_probs = torch.stack([torch.log_softmax(z, dim=-1) for z in logits.values()])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+    def modality_params(self, modality: str) -> list[nn.Parameter]:
+        return []
+
+    def shared_params(self) -> list[nn.Parameter]:
+        return []
+
+
 FUSIONS = {"late": LateFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion, "mid": MidFusion,
-           "transformer": TransformerFusion}
+           "transformer": TransformerFusion, "prob-mean": ProbMeanFusion}
