@@ -70,7 +70,8 @@ def service(model: Path, backend: str, batching: bool, api_workers: int, log: Pa
             time.sleep(0.5)
         yield url, proc.pid
     finally:
-        from mmdeploy.serving_core import stop_server
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/servers.py
+        from tests.servers import stop_server
 
         stop_server(proc, timeout=30)
 

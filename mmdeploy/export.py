@@ -142,7 +142,7 @@ def onnx_metadata(bundle: Bundle) -> dict[str, str]:
 def onnx_is_current(bundle: Bundle, onnx_path: Path) -> bool:
     """True when `onnx_path` was exported from exactly these weights, spec and classes, and model.json
     records its digest (so the runtimes will accept it)."""
-    from mmdeploy.tensorrt_engine import file_sha256
+    from mmdeploy.runtime.trt_files import file_sha256
 
     if not onnx_path.is_file():
         return False
@@ -324,7 +324,7 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
         raise ConfigError(f"target {target.name}: fp16 applies to TensorRT engines (--trt) and the torch-cuda-fp16 "
                           "runtime; the ONNX file is fp32")
     if trt:
-        from mmdeploy.tensorrt_engine import tensorrt_reason
+        from mmdeploy.runtime.trt_files import tensorrt_reason
 
         reason = tensorrt_reason()
         if reason:

@@ -4,7 +4,7 @@ It readies the process that every decode worker is forked from, once:
 - one torch thread (workers decode one file each; and no OpenMP pool exists when the server forks),
 - one features computation on a silent black window, so each worker does not pay torch's lazy first-call
   setup (about 1 s on a loaded 2-core machine) on its first file,
-- `gc.freeze()`: media.py collects garbage before every fork (`os.register_at_fork`); with torch loaded a
+- `gc.freeze()`: mmdeploy.media collects garbage before every fork (`os.register_at_fork`); with torch loaded a
   full collection takes 0.1-0.5 s, and frozen objects are skipped, so a fork costs milliseconds.
 """
 import gc
@@ -12,7 +12,7 @@ import gc
 import numpy as np
 import torch
 
-from mmdeploy.classify import clip_features
+from mmdeploy.jobs import clip_features
 from mmdeploy.media import Clip
 from mmdeploy.spec import preset
 

@@ -8,23 +8,25 @@ blocks while the parent does not read). The parent waits with a deadline: a work
 or misses the deadline is killed and replaced, and only the job it was running fails. Healthy workers go
 back to a small idle list and are reused, so a warm call costs a pipe round trip, not a process start.
 
-For callers (CLI, `mmdeploy.classify`, the HTTP service; all thread-safe, call them from any thread):
+For callers (`mmdeploy.pipeline`, which the CLI, batch and the HTTP service go through; all thread-safe,
+call them from any thread). The jobs are `mmdeploy.jobs`'s, `options` its DecodeOptions:
 
-    decode_isolated(path, spec, timeout=DECODE_TIMEOUT_S) -> dict
+    decode_isolated(path, spec, timeout=DECODE_TIMEOUT_S, options=FAST) -> dict
         The first model window of `path`, decoded and turned into features in a worker: the
-        `classify.file_job` dict {file, audio, video, window{start, end}, timings_ms{decode, features}}.
+        `jobs.file_job` item {file, audio, video, window{start, end}, timings_ms{decode, features}}.
         Raises MediaError(path, reason) for a bad file, a crash ("the decoder crashed (signal 11, SIGSEGV)
         ...") or a timeout ("decoding took longer than T s ...").
 
-    iter_isolated(path, spec, window=None, hop=None, timeout=DECODE_TIMEOUT_S) -> IsolatedWindows
-        Consecutive windows as `classify.window_jobs` items ({audio, video, start, end, decode, features}),
+    iter_isolated(path, spec, window=None, hop=None, timeout=DECODE_TIMEOUT_S, options=FAST) -> IsolatedWindows
+        Consecutive windows as `jobs.window_jobs` items (the same shape, one per window),
         streamed from a worker; `timeout` bounds each window. Raises MediaError like decode_isolated,
         mid-stream too. `.close()` (or leaving a `with` block, or dropping the iterator) cancels: the
         worker is killed, from any thread, at once.
 
     run_jobs(fn, args_list, workers, timeout) -> iterator of lists of (args, ok, value)
         Many jobs on `workers` workers, answers in completion order (one list per wake-up: whatever
-        finished together); a crash or timeout fails only its own job (value is then the reason). `classify.classify_files` runs folders with it.
+        finished together); a crash or timeout fails only its own job (value is then the reason).
+        `pipeline.decode_files` runs folders with it.
 
     prestart()  start the forkserver and one worker in the background (the CLI overlaps it with loading
                 the model), so the first file does not wait for the imports.
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -41,10 +42,12 @@ from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator
 
 from mmdeploy.errors import MediaError
+from mmdeploy.jobs import FAST, file_job, window_jobs
+from mmdeploy.media.clip import DecodeOptions
+from mmdeploy.settings import DECODE_TIMEOUT_S, cpu_count
 
-DECODE_TIMEOUT_S = 60.0  # per file (its first window) or per timeline window
-IDLE_WORKERS = max(2, os.cpu_count() or 1)  # healthy workers kept for reuse
-PRELOAD = ["mmdeploy.isolate", "mmdeploy.classify", "mmdeploy.features", "mmdeploy.media", "av",
+IDLE_WORKERS = max(2, cpu_count())  # healthy workers kept for reuse
+PRELOAD = ["mmdeploy.isolate", "mmdeploy.jobs", "mmdeploy.features", "mmdeploy.media", "av",
            "mmdeploy.forkserver"]  # the last one warms up and freezes the heap (see its docstring)
 
 
@@ -81,7 +84,13 @@ def _context():
 
 
 class Worker:
-    """One child process that runs jobs in order; see the module docstring."""
+    """One child process that runs jobs in order; see the module docstring.
+
+    Our end of the pipe is closed exactly once, whatever order the reading
+    thread, a timeout and a `kill()` from another thread run in: `kill()` only stops the child while
+    another thread is reading (that read then wakes on the child's death and closes them on its way out);
+    with nobody reading, `kill()` closes them itself. A descriptor number is thus never closed under a
+    thread that still waits on it (where it may already belong to another request's socket or file)."""
 
     _start_lock = threading.Lock()
 
@@ -93,36 +102,70 @@ class Worker:
             self.process.start()
         child.close()
         self.cancelled = False
+        self._lock = threading.Lock()
+        self._reading = False  # a thread is inside receive()
+        self._stopped = False  # kill() ran: no further job; descriptors closed by the reader, else by kill()
+        self._closed = False
 
     def send(self, fn: Callable, args: tuple, stream: bool = False) -> None:
+        with self._lock:
+            if self._stopped:
+                raise OSError("the decode worker was stopped")
         self.conn.send((fn, args, stream))
 
     def receive(self, timeout: float | None) -> tuple[str, Any]:
         """The next message ("ok"|"item"|"end"|"error", value); WorkerLost (and the worker killed) if it
-        dies or sends nothing for `timeout` seconds."""
+        dies, is killed (from any thread) or sends nothing for `timeout` seconds."""
+        with self._lock:
+            if self._stopped:
+                raise WorkerLost("cancelled" if self.cancelled else crash_reason(self.process.exitcode))
+            self._reading = True
+        try:
+            return self._receive(timeout)
+        finally:
+            with self._lock:
+                self._reading = False
+                release = self._stopped and not self._closed
+                self._closed = self._closed or release
+            if release:
+                self._release()
+
+    def _receive(self, timeout: float | None) -> tuple[str, Any]:
         try:
             ready = wait([self.conn, self.process.sentinel], timeout)
             if self.conn in ready:  # an answer sent just before dying still counts
                 return self.conn.recv()
-        except (EOFError, OSError, ValueError):  # it died mid-message, or close() ran in another thread
+        except (EOFError, OSError):  # it died mid-message (or was killed)
             ready = [self.process.sentinel]
         self.kill()
         if self.cancelled:
             raise WorkerLost("cancelled")
         if not ready:
             raise WorkerLost(timeout_reason(timeout))
+        self.process.join(5)
         raise WorkerLost(crash_reason(self.process.exitcode))
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        with self._lock:
+            return not self._stopped and self.process.is_alive()
 
     def kill(self) -> None:
-        """Stop the child at once (any thread); safe to call twice."""
-        if self.process.exitcode is None:
-            try:
-                self.process.kill()
-            except (OSError, ValueError, AttributeError):
-                pass
+        """Stop the child at once (any thread, any number of times); see the class docstring."""
+        with self._lock:
+            self._stopped = True
+            release = not self._reading and not self._closed
+            self._closed = self._closed or release
+            if self.process.exitcode is None:
+                try:
+                    self.process.kill()
+                except (OSError, ValueError, AttributeError):
+                    pass
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        """Reap the child and close our end of the pipe (called exactly once; the sentinel is the Process
+        object's, closed once by its finalizer)."""
         self.process.join(5)
         self.conn.close()
 
@@ -223,11 +266,10 @@ def call(path, fn: Callable, args: tuple, timeout: float | None = DECODE_TIMEOUT
     return value
 
 
-def decode_isolated(path, spec, timeout: float | None = DECODE_TIMEOUT_S) -> dict[str, Any]:
+def decode_isolated(path, spec, timeout: float | None = DECODE_TIMEOUT_S,
+                    options: DecodeOptions = FAST) -> dict[str, Any]:
     """The first window of `path` -> features, in a worker (see the module docstring)."""
-    from mmdeploy.classify import file_job
-
-    job = call(path, file_job, (str(path), spec), timeout)
+    job = call(path, file_job, (str(path), spec, options), timeout)
     if "error" in job:
         raise MediaError(path, job["error"])
     return job
@@ -285,11 +327,9 @@ class IsolatedWindows:
 
 
 def iter_isolated(path, spec, window: float | None = None, hop: float | None = None,
-                  timeout: float | None = DECODE_TIMEOUT_S) -> IsolatedWindows:
+                  timeout: float | None = DECODE_TIMEOUT_S, options: DecodeOptions = FAST) -> IsolatedWindows:
     """Consecutive windows of `path` as feature items, streamed from a worker (see the module docstring)."""
-    from mmdeploy.classify import window_jobs
-
-    return IsolatedWindows(path, window_jobs, (str(path), spec, window, hop), timeout)
+    return IsolatedWindows(path, window_jobs, (str(path), spec, window, hop, options), timeout)
 
 
 # ---- many jobs ------------------------------------------------------------------------------------

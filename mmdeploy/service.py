@@ -2,11 +2,12 @@
 anywhere mmdeploy is installed, or `mmdeploy serve`.
 
 AVClassifier (API worker) takes uploads and has each one decoded (PyAV) and turned into features in a
-decode process (`mmdeploy.isolate`): a decoder crash or hang on a hostile file costs only that upload
-(422), never the worker or the requests beside it. At most MMDEPLOY_DECODE_THREADS uploads decode at once
-(default: one per core); the rest wait their turn. The result JSON is built by mmdeploy.classify; every
-model call goes to AVModel, whose one batchable API lets concurrent requests share a model call.
-Knobs and request bounds: mmdeploy/serving_core.py; answer models: mmdeploy/serving_schema.py.
+decode process (the pipeline's isolated decode stage): a decoder crash or hang on a hostile file costs only
+that upload (422), never the worker or the requests beside it. At most MMDEPLOY_DECODE_PROCESSES uploads
+decode at once (default: one per core); the rest wait their turn. The result JSON is built by the pipeline;
+every model call goes to AVModel, whose one batchable API lets concurrent requests share a model call.
+Knobs: mmdeploy/settings.py (read once, here); request bounds and the rest: mmdeploy/serving/; answer
+models: mmdeploy/results.py.
 """
 from __future__ import annotations
 
@@ -22,17 +23,22 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.staticfiles import StaticFiles
 from typing_extensions import Annotated
 
-from mmdeploy import isolate
-from mmdeploy import serving_core as core
-from mmdeploy.classify import classify_jobs, classify_timeline
-from mmdeploy.media import probe
-from mmdeploy.serving_schema import ClassifyResult, OpenAPIPatch, TimelineResult
+from mmdeploy import pipeline
+from mmdeploy.classify import classify_timeline
+from mmdeploy.results import ClassifyResult, TimelineResult
+from mmdeploy.serving import answers as core
+from mmdeploy.serving.bounds import count_problem, timeline_problem
+from mmdeploy.serving.guard import UploadGuard
+from mmdeploy.serving.remote import RemotePredictor, stack_probs, unpack
+from mmdeploy.serving.schema import OpenAPIPatch
+from mmdeploy.settings import Settings
 
-SETTINGS = core.Settings.from_env()
+SETTINGS = Settings.from_env()  # the edge: every knob read once, here
+DECODE = pipeline.decode_options(SETTINGS)
 log = logging.getLogger("mmdeploy.service")
 
 
-@bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.request_timeout_s})
 class AVModel:
     """The model (bundle from MMDEPLOY_MODEL, else the BentoML store), loaded and warmed before ready.
     A model that cannot load keeps this worker up: the cause is logged once (with its traceback), `info`
@@ -40,8 +46,8 @@ class AVModel:
 
     # Declared whenever the store has it, so `bentoml build` packs it even with MMDEPLOY_MODEL set (which only
     # overrides at serve time); serving a run folder with an empty store declares nothing.
-    if not SETTINGS.model or core.in_store(SETTINGS.tag):
-        bento_model = bentoml.models.BentoModel(SETTINGS.tag)
+    if not SETTINGS.model or core.in_store(SETTINGS.model_tag):
+        bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
         from mmdeploy.runtime import load_predictor
@@ -69,10 +75,10 @@ class AVModel:
     @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch,
                  max_latency_ms=SETTINGS.max_latency_ms)
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        """Packed windows [B, D] (serving_core.pack) -> probabilities [B, 3 (fused, audio, video), C]."""
+        """Packed windows [B, D] (serving.remote.pack) -> probabilities [B, 3 (fused, audio, video), C]."""
         if self.predictor is None:
             raise RuntimeError(self.error)
-        return core.stack_probs(self.predictor.predict(*core.unpack(windows, self.predictor.spec)))
+        return stack_probs(self.predictor.predict(*unpack(windows, self.predictor.spec)))
 
     @bentoml.api
     def info(self) -> dict:
@@ -82,19 +88,19 @@ class AVModel:
         return {"backend": p.backend, "classes": list(p.classes), "spec": p.spec.to_dict()}
 
 
-@bentoml.service(name="av-classifier", workers=SETTINGS.api_workers, traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.service(name="av-classifier", workers=SETTINGS.api_workers, traffic={"timeout": SETTINGS.request_timeout_s})
 class AVClassifier:
     model = bentoml.depends(AVModel)
 
     def __init__(self) -> None:
         # decode threads each wait on one decode process; model threads wait on model calls (cheap)
         core.pin(SETTINGS.cores()[0])  # this worker and its decode processes (forked later) run there
-        self.decode = ThreadPoolExecutor(SETTINGS.decode_processes(), thread_name_prefix="decode")
+        self.decode = ThreadPoolExecutor(SETTINGS.decode_count(), thread_name_prefix="decode")
         self.calls = ThreadPoolExecutor(64, thread_name_prefix="model-call")
         self.model_info: dict | None = None
         self.ready_log = core.ReadyLog()
-        isolate.IDLE_WORKERS = max(isolate.IDLE_WORKERS, SETTINGS.decode_processes())  # all kept warm
-        isolate.prestart()  # the forkserver imports torch and PyAV once, while the model loads
+        pipeline.start_decoders(keep=SETTINGS.decode_count())  # the forkserver imports torch and PyAV once,
+        # while the model loads; every decode process is kept warm
 
     async def __is_ready__(self) -> bool:
         """Never raises or hangs: each probe waits at most READY_TIMEOUT_S for the model service."""
@@ -115,13 +121,13 @@ class AVClassifier:
             if "error" in info:
                 raise core.NotReady(info["error"])
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.decode, lambda: isolate.checkin(isolate.checkout()))  # a warm worker
+            await loop.run_in_executor(self.decode, pipeline.warm_decoder)
             self.model_info = info
         return self.model_info
 
-    async def predictor(self) -> core.RemotePredictor:
-        return core.RemotePredictor(await self._model_info(), self.model.to_async.predict,
-                                    asyncio.get_running_loop(), None, SETTINGS.decode_timeout_s)
+    async def predictor(self) -> RemotePredictor:
+        return RemotePredictor(await self._model_info(), self.model.to_async.predict,
+                               asyncio.get_running_loop(), None, SETTINGS.decode_timeout_s)
 
     @bentoml.api(route="/classify")
     async def classify(self, video: Path, ctx: bentoml.Context) -> ClassifyResult:
@@ -131,9 +137,9 @@ class AVClassifier:
         loop = asyncio.get_running_loop()
         try:
             predictor = await self.predictor()
-            job = await loop.run_in_executor(self.decode, isolate.decode_isolated, video, predictor.spec,
-                                             SETTINGS.decode_timeout_s)
-            result = await loop.run_in_executor(self.calls, classify_jobs, [job], predictor, 5)
+            item = await loop.run_in_executor(self.decode, pipeline.decode_file, video, predictor.spec,
+                                              SETTINGS.decode_timeout_s, True, DECODE)
+            result = await loop.run_in_executor(self.calls, pipeline.classify_items, [item], predictor, 5)
         except Exception as exc:
             return core.fail(ctx, *core.explain(exc, name, SETTINGS.decode_timeout_s))
         return JSONResponse({**result[0], "file": name})
@@ -145,20 +151,19 @@ class AVClassifier:
         """NDJSON: one line per window as it is classified, then the whole file's result with `windows`.
         window/hop in seconds (0: the model's window; hop = window); bounds in the README."""
         name = core.upload_name(ctx.request)
-        problem = core.timeline_problem(window, hop)
+        problem = timeline_problem(window, hop)
         if problem:
             return core.fail(ctx, 400, problem)
         loop = asyncio.get_running_loop()
         try:
             predictor = await self.predictor()
             hop = hop or window or predictor.spec.window_seconds
-            info = await loop.run_in_executor(self.decode, isolate.call, video, probe, (str(video),),
-                                              SETTINGS.decode_timeout_s)
-            problem = core.count_problem(info.duration, hop, SETTINGS.max_windows)
+            info = await loop.run_in_executor(self.decode, pipeline.probe_file, video, SETTINGS.decode_timeout_s)
+            problem = count_problem(info.duration, hop, SETTINGS.max_windows)
             if problem:
                 return core.fail(ctx, 400, problem)
             rows = core.Pull(classify_timeline(video, predictor, window or None, hop,
-                                               timeout=SETTINGS.decode_timeout_s), self.calls)
+                                               timeout=SETTINGS.decode_timeout_s, options=DECODE), self.calls)
             first = await rows.next()
         except Exception as exc:
             if "rows" in locals():
@@ -187,6 +192,6 @@ class AVClassifier:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-AVClassifier.add_asgi_middleware(core.UploadGuard, max_bytes=SETTINGS.max_upload_bytes)
+AVClassifier.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS.max_upload_bytes)
 AVClassifier.add_asgi_middleware(OpenAPIPatch)
 AVClassifier.mount_asgi_app(StaticFiles(directory=Path(__file__).parent / "ui", html=True), path="/ui", name="ui")

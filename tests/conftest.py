@@ -88,7 +88,7 @@ def ray_local():
     import tempfile
 
     ray = pytest.importorskip("ray")
-    from mmdeploy.batch_ray import connect
+    from mmdeploy.raycluster import connect
 
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
     connect(cpus=2, temp_dir=temp, attempts=3)  # retries when a loaded machine misses Ray's start-up deadline

@@ -1,7 +1,9 @@
-"""Helpers for tests that start real servers on loopback: a free port, and waiting for /readyz."""
+"""Helpers for tests (and benchmarks) that start real servers on loopback: a free port, waiting for /readyz,
+stopping a server and every worker it started."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -32,3 +34,25 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, deadline_s: float = 
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                 return
         time.sleep(poll_s)
+
+
+def stop_server(proc, timeout: float = 20.0) -> None:
+    """Stop a server started with `start_new_session=True` (tests, benchmarks): SIGTERM to its process
+    group (BentoML then stops its workers); after `timeout` s, SIGKILL to the group and to any worker left
+    (BentoML starts each worker in a process group of its own, so the group signal alone misses them)."""
+    import signal
+
+    import psutil  # a BentoML dependency
+
+    workers = []
+    with contextlib.suppress(psutil.Error):
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for worker in psutil.wait_procs(workers, timeout=10)[1]:
+        worker.kill()

@@ -40,6 +40,26 @@ def local(folder, tiny_bundle, tmp_path_factory) -> list[dict]:
     return read_results(out).to_pylist()
 
 
+def test_parquet_schema_is_the_result_shape_field_for_field():
+    """The RESULTS columns, derived from mmdeploy/results.py, are exactly the ones the format documents."""
+    import pyarrow as pa
+
+    from mmdeploy.batch import schema
+
+    probs = pa.map_(pa.string(), pa.float64())
+    opinion = pa.struct([("label", pa.string()), ("score", pa.float64()), ("agrees", pa.bool_()), ("probs", probs)])
+    fields = [("path", pa.string()), ("file_id", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+              ("model_id", pa.string()), ("window", pa.struct([("start", pa.float64()), ("end", pa.float64())])),
+              ("label", pa.string()), ("score", pa.float64()), ("probs", probs),
+              ("top_k", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
+              ("modalities", pa.list_(pa.string())), ("per_modality", pa.struct([("audio", opinion), ("video", opinion)])),
+              ("backend", pa.string()),
+              ("timings_ms", pa.struct([("decode", pa.float64()), ("features", pa.float64()), ("infer", pa.float64())])),
+              ("error", pa.string())]
+    carried = [pa.field("speaker", pa.string())]
+    assert schema(carried).equals(pa.schema([pa.field(n, t) for n, t in fields] + carried))
+
+
 def by_path(rows: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for r in rows:
@@ -198,7 +218,7 @@ def test_cli_reports_summary_and_bad_input(folder, tiny_bundle, tmp_path, monkey
 # ---- the Ray engine ---------------------------------------------------------------------------------------
 def crash_on_named(path, spec):
     """Decode job that kills its Ray worker on files named *crash*, as a decoder segfault would."""
-    from mmdeploy.classify import file_job
+    from mmdeploy.jobs import file_job
 
     if "crash" in os.path.basename(path):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -207,7 +227,7 @@ def crash_on_named(path, spec):
 
 def test_ray_gives_the_local_labels_and_a_dead_worker_costs_only_its_file(ray_local, folder, local,
                                                                           tiny_bundle, tmp_path):
-    from mmdeploy.batch_ray import LOST
+    from mmdeploy.batch.ray_engine import LOST
 
     archive = tmp_path / "archive"
     shutil.copytree(folder, archive)

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmdeploy.classify import classify_file, classify_files, classify_timeline, expand_paths, file_job
+from mmdeploy.classify import classify_file, classify_files, classify_timeline
+from mmdeploy.jobs import file_job
+from mmdeploy.pipeline import expand_paths
 from mmdeploy.errors import MediaError
 from mmdeploy.media import probe
 
@@ -452,7 +454,7 @@ def test_any_exception_from_pyav_becomes_media_error(clips, predictor, monkeypat
     def broken(container, kind):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(media, "_pick", broken)
+    monkeypatch.setattr(media.source, "pick", broken)
     fn = {"probe": lambda p: media.probe(p), "decode_window": lambda p: media.decode_window(p, predictor.spec),
           "iter_windows": lambda p: list(media.iter_windows(p, predictor.spec))}[call]
     with pytest.raises(MediaError) as info:
@@ -496,7 +498,7 @@ def test_isolated_windows_close_kills_the_worker(clips, predictor):
     from mmdeploy.isolate import iter_isolated
 
     windows = iter_isolated(clips["long"], predictor.spec, window=1.0)
-    assert next(windows)["start"] == 0.0
+    assert next(windows)["window"]["start"] == 0.0
     process = windows.worker.process
     windows.close()
     assert not process.is_alive() and list(windows) == []

@@ -1,5 +1,5 @@
 """The fast decode path (other streams discarded, non-reference frames that no target can pick skipped)
-gives bit-identical clips to the plain full decode (`media.reference_decode`), on every shared clip and
+gives bit-identical clips to the plain full decode (`DecodeOptions(reference=True)`), on every shared clip and
 on generated H.264 with B-frames and b-pyramid, VP9, MPEG-2, VFR and rotated video."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmdeploy import media
-from mmdeploy.media import decode_window, iter_windows, reference_decode
+from mmdeploy.media import DecodeOptions, decode_window, iter_windows
 from mmdeploy.spec import preset
 
 SPEC = preset("synth")                    # 2-s window, 4 frames
@@ -34,20 +34,18 @@ def assert_same_clips(fast: list, full: list) -> None:
 
 
 def both_ways(fn):
-    fast = fn()
-    with reference_decode():
-        full = fn()
-    return fast, full
+    """fn(options) with the fast path, then with the reference decode."""
+    return fn(DecodeOptions()), fn(DecodeOptions(reference=True))
 
 
 def check_file(path: Path, starts: list[float], layouts=LAYOUTS, specs=(SPEC, DENSE)) -> None:
     """decode_window at `starts` and iter_windows with `layouts`, for each spec, both ways."""
     for spec in specs:
         for start in starts:
-            fast, full = both_ways(lambda: [decode_window(path, spec, start)])
+            fast, full = both_ways(lambda o: [decode_window(path, spec, start, options=o)])
             assert_same_clips(fast, full)
         for window, hop in layouts:
-            fast, full = both_ways(lambda: list(iter_windows(path, spec, window=window, hop=hop)))
+            fast, full = both_ways(lambda o: list(iter_windows(path, spec, window=window, hop=hop, options=o)))
             assert fast, "no window decoded"
             assert_same_clips(fast, full)
 
@@ -147,20 +145,26 @@ def test_fast_path_decodes_fewer_frames(generated, name):
 
     path = generated[name]
     with av.open(str(path)) as container:
-        stream = media._pick(container, "video").index
+        stream = media.source.pick(container, "video").index
 
-    def count() -> int:
-        wanted = media._window_targets_in(lambda k: [k * 2.0 + o for o in SPEC.frame_offsets()], 2.0, 2.0)
-        with media._Source(path) as src:
-            return sum(1 for _ in media._decoded(src, stream, 0.0, 0.05, wanted=wanted))
+    def count(options) -> int:
+        wanted = media.skip.window_targets_in(lambda k: [k * 2.0 + o for o in SPEC.frame_offsets()], 2.0, 2.0)
+        with media.source.Source(path) as src:
+            return sum(1 for _ in media.demux.decoded(src, stream, 0.0, 0.05, wanted=wanted,
+                                                      reference=options.reference))
 
     fast, full = both_ways(count)
     assert fast < full * 0.85, (fast, full)
 
 
 def test_reference_switch_is_scoped(monkeypatch):
-    monkeypatch.delenv(media._REFERENCE_ENV, raising=False)
-    assert not media._reference()
-    with reference_decode():
-        assert media._reference()
-    assert not media._reference()
+    """The switch is an argument of each decode (read from MMDEPLOY_REFERENCE_DECODE once, by the settings),
+    never process state: setting the variable later changes nothing for a call made without it."""
+    from mmdeploy.pipeline import decode_options
+    from mmdeploy.settings import Settings
+
+    monkeypatch.delenv("MMDEPLOY_REFERENCE_DECODE", raising=False)
+    assert decode_options(Settings.from_env()) == DecodeOptions()
+    monkeypatch.setenv("MMDEPLOY_REFERENCE_DECODE", "1")
+    assert decode_options(Settings.from_env()) == DecodeOptions(reference=True)
+    assert media.decode.FAST == DecodeOptions() and not DecodeOptions().reference

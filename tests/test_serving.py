@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmdeploy.serving_core import stop_server
-from mmdeploy.serving_schema import ClassifyResult, TimelineResult, TimelineWindow
-from tests.servers import free_port, wait_ready
+from mmdeploy.results import ClassifyResult, TimelineResult, TimelineWindow
+from tests.servers import free_port, stop_server, wait_ready
 
 httpx = pytest.importorskip("httpx")
 
@@ -79,7 +78,7 @@ def shared_server(run: Path, tmp_path_factory, request) -> str:
         (tmp / "tmp").mkdir()  # the temp folder, watched for uploads left behind
         # 8 decode processes: a burst of uploads decodes side by side and reaches the model together
         url, proc, log = stack.enter_context(running_server(run, tmp, TMPDIR=str(tmp / "tmp"),
-                                                            MMDEPLOY_DECODE_THREADS="8",
+                                                            MMDEPLOY_DECODE_PROCESSES="8",
                                                             MMDEPLOY_MAX_WINDOWS=str(MAX_WINDOWS)))
         _SHARED.update(url=url, proc=proc, log=log, tmp=tmp / "tmp")
         request.addfinalizer(lambda: (stack.close(), _SHARED.clear()))
@@ -148,16 +147,16 @@ def test_one_modality_files_use_that_head(server, media_dir, clip, used):
 
 
 def test_service_tensors_equal_training_tensors(server, media_dir, served_run, tmp_path):
-    """What the service feeds the model (classify.file_job -> pack -> unpack) is bit-identical to what
+    """What the service feeds the model (jobs.file_job -> pack -> unpack) is bit-identical to what
     training reads (FeatureCache / AVDataset), and the HTTP answer equals the model on training tensors."""
     import torch
 
     from mmdeploy.bundle import load_bundle
-    from mmdeploy.classify import file_job
+    from mmdeploy.jobs import file_job
     from mmdeploy.data.dataset import AVDataset
     from mmdeploy.data.manifest import Item, Manifest
     from mmdeploy.runtime import load_predictor
-    from mmdeploy.serving_core import pack, unpack
+    from mmdeploy.serving.remote import pack, unpack
 
     spec = load_bundle(served_run, with_model=False).spec
     clips = ["cremad_1001_DFA_ANG_XX.flv", "iphone_rot180_audiofirst.mov"]
@@ -490,7 +489,8 @@ def test_serve_command_fails_in_one_line_without_a_model(tmp_path):
 # ---- pieces without a server ------------------------------------------------------------------------
 def test_errors_become_4xx_or_503_and_bugs_stay_500():
     from mmdeploy.errors import MediaError
-    from mmdeploy.serving_core import ModelCallError, NotReady, explain
+    from mmdeploy.serving.answers import NotReady, explain
+    from mmdeploy.serving.remote import ModelCallError
 
     assert explain(MediaError("/tmp/x", "the decoder crashed (signal 11, SIGSEGV)"), "clip.mp4", 1) == \
         (422, "clip.mp4: the decoder crashed (signal 11, SIGSEGV)")
@@ -503,7 +503,7 @@ def test_errors_become_4xx_or_503_and_bugs_stay_500():
 
 
 def test_request_bounds():
-    from mmdeploy.serving_core import base_name, count_problem, fields_problem, name_problem, timeline_problem
+    from mmdeploy.serving.bounds import base_name, count_problem, fields_problem, name_problem, timeline_problem
 
     assert timeline_problem(0, 0) is None and timeline_problem(5, 2.5) is None and timeline_problem(600, 0.1) is None
     for window, hop in [(float("inf"), 0), (0, float("nan")), (0.05, 0), (1e-300, 0), (0, 1e308), (601, 0), (-1, 0)]:
@@ -518,7 +518,7 @@ def test_request_bounds():
 
 
 def test_openapi_patch_keeps_bentoml_paths():
-    from mmdeploy.serving_schema import patch_openapi
+    from mmdeploy.serving.schema import patch_openapi
 
     spec = {"paths": {"/classify": {"post": {"responses": {"200": {}}}}, "/readyz": {"get": {}}}}
     out = patch_openapi(spec)
@@ -527,7 +527,7 @@ def test_openapi_patch_keeps_bentoml_paths():
 
 
 def test_pack_round_trip_and_width_check(tiny_spec):
-    from mmdeploy.serving_core import pack, unpack
+    from mmdeploy.serving.remote import pack, unpack
 
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((3, 1, *tiny_spec.spectrogram_shape)).astype(np.float32)
@@ -540,7 +540,7 @@ def test_pack_round_trip_and_width_check(tiny_spec):
 
 def test_settings_come_from_env_and_bad_values_name_the_variable(monkeypatch):
     from mmdeploy.errors import ConfigError
-    from mmdeploy.serving_core import Settings
+    from mmdeploy.settings import Settings
 
     monkeypatch.setenv("MMDEPLOY_MAX_UPLOAD_MB", "0.5")
     monkeypatch.setenv("MMDEPLOY_BATCHING", "off")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mmdeploy import tensorrt_engine as te
+from mmdeploy.runtime import trt_files
 
 PROFILE = {"min": 1, "opt": 8, "max": 32}
 BASE = dict(gpu="NVIDIA H100 80GB HBM3", trt_version="10.13.0.35", precision="fp16", profile=PROFILE,
@@ -17,7 +18,7 @@ BASE = dict(gpu="NVIDIA H100 80GB HBM3", trt_version="10.13.0.35", precision="fp
 
 
 def test_engine_name_carries_everything_that_makes_an_engine_valid():
-    assert te.engine_name(**BASE) == "nvidia-h100-80gb-hbm3_trt10.13.0.35_fp16_b1-8-32_3f2a9c1d0b7e.engine"
+    assert trt_files.engine_name(**BASE) == "nvidia-h100-80gb-hbm3_trt10.13.0.35_fp16_b1-8-32_3f2a9c1d0b7e.engine"
 
 
 @pytest.mark.parametrize("change", [
@@ -25,20 +26,20 @@ def test_engine_name_carries_everything_that_makes_an_engine_valid():
     {"profile": {"min": 1, "opt": 16, "max": 64}}, {"onnx_sha": "aa" * 32},
 ])
 def test_any_mismatch_gives_another_name(change):
-    assert te.engine_name(**{**BASE, **change}) != te.engine_name(**BASE)
+    assert trt_files.engine_name(**{**BASE, **change}) != trt_files.engine_name(**BASE)
 
 
 def test_find_engine_loads_only_a_matching_engine(tmp_path):
     for kw in (BASE, {**BASE, "gpu": "Tesla T4"}, {**BASE, "trt_version": "8.6.1"}, {**BASE, "onnx_sha": "bb" * 32}):
-        (tmp_path / te.engine_name(**kw)).write_bytes(b"x")
-    found = te.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], BASE["onnx_sha"])
-    assert found.name == te.engine_name(**BASE)
-    assert te.find_engine(tmp_path, "NVIDIA L4", BASE["trt_version"], BASE["onnx_sha"]) is None
-    assert te.find_engine(tmp_path, BASE["gpu"], "10.0.0", BASE["onnx_sha"]) is None
-    assert te.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], "cc" * 32) is None
-    (tmp_path / te.engine_name(**{**BASE, "precision": "fp32"})).write_bytes(b"x")
-    assert "_fp16_" in te.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], BASE["onnx_sha"]).name
-    assert "_fp32_" in te.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], BASE["onnx_sha"], "fp32").name
+        (tmp_path / trt_files.engine_name(**kw)).write_bytes(b"x")
+    found = trt_files.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], BASE["onnx_sha"])
+    assert found.name == trt_files.engine_name(**BASE)
+    assert trt_files.find_engine(tmp_path, "NVIDIA L4", BASE["trt_version"], BASE["onnx_sha"]) is None
+    assert trt_files.find_engine(tmp_path, BASE["gpu"], "10.0.0", BASE["onnx_sha"]) is None
+    assert trt_files.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], "cc" * 32) is None
+    (tmp_path / trt_files.engine_name(**{**BASE, "precision": "fp32"})).write_bytes(b"x")
+    assert "_fp16_" in trt_files.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], BASE["onnx_sha"]).name
+    assert "_fp32_" in trt_files.find_engine(tmp_path, BASE["gpu"], BASE["trt_version"], BASE["onnx_sha"], "fp32").name
 
 
 def test_profile_shapes_follow_the_spec(tiny_spec):
@@ -76,7 +77,8 @@ def fake_builder(monkeypatch):
         engine_path.write_bytes(b"engine")
         return engine_path
 
-    monkeypatch.setattr(te, "current_device", lambda: (device["gpu"], device["trt"]))
+    monkeypatch.setattr(te, "current_device", lambda: (device["gpu"], device["trt"]))  # the builder's view
+    monkeypatch.setattr(trt_files, "current_device", lambda: (device["gpu"], device["trt"]))  # the runtime's
     monkeypatch.setattr(te, "build_engine", build)
     return device, builds
 
@@ -140,7 +142,7 @@ def test_pin_fp32_touches_only_the_asked_layer_kinds():
 
 def test_reason_without_tensorrt_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    reason = te.tensorrt_reason()
+    reason = trt_files.tensorrt_reason()
     assert "not installed" in reason and "pip install tensorrt --extra-index-url https://pypi.nvidia.com" in reason
 
 

@@ -43,8 +43,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0.0,
                                                        help="ray: GPUs per actor for a GPU backend (default 1)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N files."),
-        timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="local: seconds a file's window may take "
-                                                                       "to decode."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="local: seconds a file's window "
+                                                "may take to decode (default: $MMDEPLOY_DECODE_TIMEOUT_S, else 60)."),
         part_rows: int = typer.Option(512, "--part-rows", min=1, help="Rows per Parquet part (what a kill can "
                                                                       "lose at most)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress line."),
@@ -55,6 +55,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         cannot be decoded is a row with `error`. Rerun with the same --out to continue a stopped run."""
         from mmdeploy.batch import Job, run_batch
         from mmdeploy.bundle import latest_bundle
+        from mmdeploy.pipeline import decode_options
+        from mmdeploy.settings import Settings
+
+        settings = Settings.from_env()  # the edge: read once, passed down
 
         shown = 0
 
@@ -69,7 +73,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if engine is Engine.local and (address or actors or gpus_per_actor is not None):
             typer.echo("note: --address/--actors/--gpus-per-actor apply to --engine ray only", err=True)
         job = Job(model=model if model is not None else latest_bundle("runs"), backend=backend.value, top_k=top_k,
-                  window=window, hop=hop, timeout=timeout, workers=workers)
+                  window=window, hop=hop, timeout=timeout if timeout is not None else settings.decode_timeout_s,
+                  workers=workers, options=decode_options(settings))
         ray_options = {"address": address, "actors": actors, "decoders": workers, "gpus_per_actor": gpus_per_actor}
         summary = run_batch(inputs, out, job, engine=engine.value, limit=limit, part_rows=part_rows, quiet=quiet,
                             ray_options=ray_options, on_error=on_error)

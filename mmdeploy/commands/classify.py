@@ -34,8 +34,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores "
                                                                                    "when more than 16 files)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Classify at most N files."),
-        timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds a file's window may take to "
-                                                                       "decode before it is reported as an error."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="Seconds a file's window may take "
+                                                "to decode before it is reported as an error (default: "
+                                                "$MMDEPLOY_DECODE_TIMEOUT_S, else 60)."),
     ) -> None:
         """Classify video (or audio-only / video-only) files: label, score, top-k, each modality's opinion.
 
@@ -46,17 +47,22 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         A bad file prints `error: FILE: reason` on stderr (with --json also {"file", "error"} on stdout);
         the others are still classified; exit code 2. Files are decoded in worker processes: a decoder
         crash or hang costs only that file."""
+        from mmdeploy.settings import Settings
+
+        settings = Settings.from_env()  # the edge: read once, passed down
         from mmdeploy.isolate import prestart
 
         prestart()  # the decode worker's imports overlap with loading the model
         import torch
 
         from mmdeploy.bundle import latest_bundle
-        from mmdeploy.classify import (classify_files, classify_timeline, expand_paths, format_result,
-                                       format_window, inference_threads)
+        from mmdeploy.classify import classify_files, classify_timeline, format_result, format_window
         from mmdeploy.errors import MediaError
+        from mmdeploy.pipeline import decode_options, expand_paths, inference_threads
         from mmdeploy.runtime import load_predictor
 
+        options = decode_options(settings)
+        timeout = timeout if timeout is not None else settings.decode_timeout_s
         threads = inference_threads()
         torch.set_num_threads(threads)
         predictor = load_predictor(model if model is not None else latest_bundle("runs"), backend.value,
@@ -81,7 +87,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         for err in errors:
             emit({"file": err.path, "error": err.reason})
         if window is None and hop is None:
-            for result in classify_files(paths, predictor, top_k=top_k, workers=workers, timeout=timeout):
+            for result in classify_files(paths, predictor, top_k=top_k, workers=workers, timeout=timeout,
+                                         options=options):
                 emit(result)
         else:
             trained = predictor.spec.window_seconds
@@ -95,7 +102,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             for path in paths:
                 try:
                     for result in classify_timeline(path, predictor, window=window, hop=hop, top_k=top_k,
-                                                    timeout=timeout):
+                                                    timeout=timeout, options=options):
                         emit(result)
                 except MediaError as exc:
                     emit({"file": str(path), "error": exc.reason})

@@ -1,4 +1,5 @@
-"""`mmdeploy serve`: the BentoML service (mmdeploy/service.py), with the model and backend set by env vars."""
+"""`mmdeploy serve`: the BentoML service (mmdeploy/service.py), with the settings (mmdeploy/settings.py) its
+options and the environment give."""
 from __future__ import annotations
 
 import os
@@ -32,22 +33,20 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     ) -> None:
         """Serve POST /classify, POST /timeline, the page at /ui, /livez, /readyz and /metrics over HTTP.
 
-        Replaces this process with `bentoml serve mmdeploy.service:AVClassifier`; settings travel as
-        MMDEPLOY_* environment variables (see serving/README.md)."""
+        Replaces this process with `bentoml serve mmdeploy.service:AVClassifier`; the settings travel as
+        MMDEPLOY_* environment variables (see serving/README.md), the options here win."""
         from mmdeploy.bundle import read_meta
         from mmdeploy.runtime import select_backend
-        from mmdeploy.serving_core import Settings, model_path
+        from mmdeploy.serving.answers import model_path
+        from mmdeploy.settings import Settings
 
-        if model is not None:
-            os.environ["MMDEPLOY_MODEL"] = str(model.resolve())
-        if tag is not None:
-            os.environ["MMDEPLOY_MODEL_TAG"] = tag
-        if backend is not None:
-            os.environ["MMDEPLOY_BACKEND"] = backend.value
-        settings = Settings.from_env()
+        overrides = {"model": str(model.resolve()) if model is not None else None, "model_tag": tag,
+                     "backend": backend.value if backend is not None else None}
+        settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
         path = model_path(settings)  # a missing model or backend fails here, in one line, not in a worker
         read_meta(path)
         select_backend(path, settings.backend)
         typer.echo(f"serving {path} on http://{host}:{port} (/ui, /classify, /timeline, /readyz, /metrics)",
                    err=True)
-        os.execv(sys.executable, serve_command(host, port))
+        # the settings travel to the service's processes as its environment (read back there, once)
+        os.execve(sys.executable, serve_command(host, port), {**os.environ, **settings.to_env()})

@@ -23,6 +23,7 @@ import torch
 
 from mmdeploy.data.manifest import Item
 from mmdeploy.errors import MediaError, MmdeployError
+from mmdeploy.settings import cpu_count
 from mmdeploy.spec import ClipSpec
 
 MODALITIES = ("audio", "video")
@@ -145,7 +146,7 @@ def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path, workers: int
         results = _warm_ray(todo, spec, cache.root, workers, address) if todo else []
         failures += [(it, err) for it, err in zip(todo, results) if err is not None]
         return failures
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    workers = max(1, min(workers or cpu_count(), len(todo)))
     if workers == 1:
         results = [_warm_one(cache.root, spec, it) for it in todo]
     else:
@@ -179,9 +180,9 @@ def _warm_ray(todo: list[Item], spec: ClipSpec, root: Path, workers: int | None,
     import ray
     import ray.data
 
-    from mmdeploy.batch_ray import configure_data, connect
+    from mmdeploy.raycluster import configure_data, connect
 
-    connect(address, cpus=None if address else os.cpu_count())
+    connect(address, cpus=None if address else cpu_count())
     configure_data()
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     texts = [json.dumps(dataclasses.asdict(it)) for it in todo]

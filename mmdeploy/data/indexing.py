@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from mmdeploy.data.manifest import Item, write_manifest
 from mmdeploy.errors import ConfigError, MmdeployError
+from mmdeploy.settings import cpu_count
 
 EXAMPLES = 3
 POOL_MIN_FILES = 32
@@ -155,7 +156,7 @@ def probe_all(paths: Iterable[str | Path], workers: int | None = None,
     as unreadable; every other file is still probed.
     """
     paths = [str(p) for p in paths]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpu_count()
     if workers == 1 or len(paths) < POOL_MIN_FILES:
         return {p: probe(p) for p in paths}
     return _pooled(paths, workers, probe)

@@ -50,7 +50,7 @@ def _ort_reason(provider: str) -> str | None:
 
 
 def _tensorrt_reason() -> str | None:
-    from mmdeploy.tensorrt_engine import tensorrt_reason
+    from mmdeploy.runtime.trt_files import tensorrt_reason
 
     return tensorrt_reason()
 
@@ -67,7 +67,7 @@ CHECKS = {
 
 
 def _engine_path(run: Path) -> Path | None:
-    from mmdeploy.tensorrt_engine import current_device, file_sha256, find_engine
+    from mmdeploy.runtime.trt_files import current_device, file_sha256, find_engine
 
     onnx_path = run / "export" / ONNX_FILE
     if not onnx_path.is_file():

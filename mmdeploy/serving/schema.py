@@ -1,9 +1,5 @@
-"""What the HTTP service answers, as pydantic models: the OpenAPI document at /docs.json (page: /docs) declares
-them, and the tests validate real answers against them.
-
-- `ClassifyResult`: POST /classify's 200 body (the `mmdeploy classify --json` object).
-- `TimelineWindow` / `TimelineResult`: POST /timeline's NDJSON lines (one per window, then the file's result).
-- `ErrorBody`: every 4xx and 503 body, {"error": "..."}.
+"""What the HTTP service answers, in its OpenAPI document at /docs.json (page: /docs): the result models of
+mmdeploy/results.py, our error answers, and /timeline declared as NDJSON.
 
 BentoML declares only a 200 answer and its own error shapes; `patch_openapi` adds ours (400, 413, 415, 422,
 503), declares /timeline as application/x-ndjson with its line schemas, and is applied by `OpenAPIPatch`
@@ -14,75 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")  # a field added later is passed on, never dropped
-
-
-class Window(_Open):
-    start: float = Field(description="seconds from the start of the file")
-    end: float
-
-
-class Opinion(_Open):
-    label: str
-    score: float
-    agrees: bool = Field(description="the same label as the fused answer")
-    probs: dict[str, float]
-
-
-class Ranked(_Open):
-    label: str
-    score: float
-
-
-class Timings(_Open):
-    decode: float
-    features: float
-    infer: float = Field(description="this file's share of its model call (batched across requests)")
-
-
-class ClassifyResult(_Open):
-    file: str = Field(description="the upload's base name")
-    window: Window = Field(description="the part of the file that was classified")
-    label: str
-    score: float
-    probs: dict[str, float]
-    top_k: list[Ranked]
-    modalities: list[str] = Field(description="the modalities used: audio, video or both")
-    per_modality: dict[str, Opinion]
-    backend: str
-    timings_ms: Timings
-
-
-class WindowSummary(_Open):
-    start: float
-    end: float
-    label: str
-    score: float
-
-
-class TimelineWindow(_Open):
-    """One NDJSON line per window, streamed as soon as the window is classified."""
-    file: str
-    start: float
-    end: float
-    label: str
-    score: float
-    probs: dict[str, float]
-    modalities: list[str]
-
-
-class TimelineResult(ClassifyResult):
-    """The last NDJSON line: the whole file (mean of the windows), with every window."""
-    windows: list[WindowSummary]
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="one line naming the upload or field and the fix")
-
+from mmdeploy.results import ClassifyResult, ErrorBody, TimelineResult, TimelineWindow
 
 ERRORS = {
     400: "malformed request: no file in the field `video`, a malformed multipart body, too many fields, a bad "

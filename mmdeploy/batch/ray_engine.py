@@ -1,12 +1,12 @@
 """The `ray` engine of `mmdeploy batch`: Ray Data, CPU tasks decode, an actor pool predicts.
 
     sources (path, file_id, ...; one block per decode batch)
-      -> map_batches(decode_batch)   CPU tasks, at most `decoders` at once, num_cpus=1 each: classify.file_job
-                                     (or classify.window_jobs for timelines) with the bundle's ClipSpec,
+      -> map_batches(decode_batch)   CPU tasks, at most `decoders` at once, num_cpus=1 each: jobs.file_job
+                                     (or jobs.window_jobs for timelines) with the bundle's ClipSpec,
                                      i.e. the same compute_features as classify and training
       -> map_batches(Classifier)     actor pool, one Predictor per actor (load_predictor(run, backend)),
-                                     num_gpus=1 per actor for a GPU backend; classify.infer + make_result
-      -> the driver                  rows (JSON, small) stream back; batch.py's PartWriter writes the parts
+                                     num_gpus=1 per actor for a GPU backend; pipeline.classify_items
+      -> the driver                  rows (JSON, small) stream back; parquet.PartWriter writes the parts
 
 Results go through the driver, so RESULTS only needs to be writable there; the inputs must be readable
 at the same paths on every node (a shared filesystem), and every node needs mmdeploy installed.
@@ -21,56 +21,23 @@ lost; it gets an error row. An inference actor that dies is restarted once and i
 from __future__ import annotations
 
 import json
-import logging
-import os
-import time
 import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mmdeploy.batch import Assembler, Job, Source, error_row, result_row, window_results
+from mmdeploy.batch.inputs import Job, Source
+from mmdeploy.batch.rows import Assembler, error_row, result_row
 from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError
+from mmdeploy.media.clip import DecodeOptions
+from mmdeploy.raycluster import OBJECT_STORE_MB, configure_data, connect
+from mmdeploy.settings import cpu_count
 
 DECODE_BATCH = 16  # files per decode task (and per input block): the unit a worker death costs
 INFER_BATCH = 32  # windows per inference call
-OBJECT_STORE_MB = 512  # what this run's blocks may hold in the object store at once (backpressure)
 GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch-cuda", "torch-cuda-fp16")
 LOST = ("its Ray worker died twice while decoding it (a decoder crash, or out of memory), and again when "
         "run alone; the file is damaged or hostile")
-
-
-def connect(address: str | None = None, cpus: int | None = None, temp_dir: str | None = None,
-            attempts: int = 2) -> float:
-    """Join the cluster at `address` (a `ray start --head` address, or "auto"), or start a local Ray
-    instance with `cpus` logical CPUs (its files under `temp_dir`, default Ray's /tmp/ray); no-op when
-    Ray is already initialised. Returns seconds taken."""
-    import ray
-
-    t0 = time.perf_counter()
-    if ray.is_initialized():
-        return 0.0
-    logging.getLogger("ray").setLevel(logging.ERROR)  # our progress line and summary are the output
-    kwargs = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False,
-              "configure_logging": True}
-    if temp_dir:
-        kwargs["_temp_dir"] = temp_dir
-    for attempt in range(1, attempts + 1):  # a loaded machine can miss Ray's fixed 30-s raylet start-up wait
-        try:
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=cpus, **kwargs)
-            break
-        except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exception for a start-up timeout
-            ray.shutdown()
-            if attempt == attempts or address:
-                where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
-                fix = ("check `ray status` on the head node" if address
-                       else "retry, or start one with `ray start --head` and pass --address auto")
-                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise MmdeployError(f"--address {address or '(none)'}: cannot {where} ({why}); {fix}") from None
-    return time.perf_counter() - t0
 
 
 def uses_gpu(backend: str) -> bool:
@@ -98,28 +65,30 @@ def _spec(spec_json: str):
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | None, hop: float | None,
-                 timeline: bool, out_rows: int = INFER_BATCH, job: Callable | None = None) -> Iterator[dict]:
+                 timeline: bool, out_rows: int = INFER_BATCH, job: Callable | None = None,
+                 options: DecodeOptions = DecodeOptions()) -> Iterator[dict]:
     """Decode task: a batch of sources (JSON) -> batches of feature rows, at most `out_rows` each:
     meta (JSON: the source, window, timings, error, `_rows`), audio/video arrays (zeros when absent)
-    and has_audio/has_video. `job` replaces classify.file_job (tests inject failures with it)."""
+    and has_audio/has_video. `job(path, spec)` replaces jobs.file_job (tests inject failures with it)."""
+    import functools
+
     import torch
 
-    from mmdeploy.classify import file_job, window_jobs
+    from mmdeploy.jobs import file_job, window_jobs
 
     torch.set_num_threads(1)
     spec = _spec(spec_json)
-    job = job or file_job
+    job = job or functools.partial(file_job, options=options)
     rows: list[dict[str, Any]] = []
     for text in batch["source"]:
         src = json.loads(str(text))
         if timeline:
             n = 0
             try:
-                for item in window_jobs(src["path"], spec, window, hop):
+                for item in window_jobs(src["path"], spec, window, hop, options):
                     n += 1
                     rows.append({"src": src, "audio": item["audio"], "video": item["video"], "error": None,
-                                 "window": {"start": item["start"], "end": item["end"]},
-                                 "timings_ms": {"decode": item["decode"], "features": item["features"]}, "_rows": 0})
+                                 "window": item["window"], "timings_ms": item["timings_ms"], "_rows": 0})
                     if len(rows) >= out_rows:
                         yield _pack(rows, spec)
                         rows = []
@@ -197,21 +166,16 @@ class Classifier:
         self.top_k, self.model = top_k, model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from mmdeploy.classify import infer, make_result
+        from mmdeploy.pipeline import classify_items
 
         metas = [json.loads(str(m)) for m in batch["meta"]]
         ok = [i for i, m in enumerate(metas) if not m.get("error") and not m.get("end_only")]
         results: dict[int, dict[str, Any]] = {}
         if ok:
-            items = [{"audio": batch["audio"][i] if batch["has_audio"][i] else None,
-                      "video": batch["video"][i] if batch["has_video"][i] else None} for i in ok]
-            t0 = time.perf_counter()
-            probs = infer(items, self.predictor)
-            share = (time.perf_counter() - t0) * 1e3 / len(ok)
-            for i, p in zip(ok, probs):
-                m = metas[i]
-                results[i] = make_result(m["src"]["path"], p, self.predictor, {**m["timings_ms"], "infer": share},
-                                         self.top_k, window=m.get("window"))
+            items = [{"file": metas[i]["src"]["path"], "audio": batch["audio"][i] if batch["has_audio"][i] else None,
+                      "video": batch["video"][i] if batch["has_video"][i] else None,
+                      "window": metas[i].get("window"), "timings_ms": metas[i]["timings_ms"]} for i in ok]
+            results = dict(zip(ok, classify_items(items, self.predictor, self.top_k)))
         out = []
         for i, m in enumerate(metas):
             src = Source(**m["src"])
@@ -239,7 +203,8 @@ def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_bl
         ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(decode_batch, batch_size=per_block, batch_format="numpy", zero_copy_batch=True,
                             fn_kwargs={"spec_json": spec_json, "window": job.window, "hop": job.hop,
-                                       "timeline": job.timeline, "job": decode_job},
+                                       "timeline": job.timeline, "job": decode_job,
+                                       "options": job.options},
                             compute=ray.data.TaskPoolStrategy(size=decoders), num_cpus=1, max_retries=retries)
         ds = ds.map_batches(Classifier, batch_size=INFER_BATCH, batch_format="numpy",
                             fn_constructor_kwargs={"run": str(job.model), "backend": job.backend,
@@ -248,23 +213,6 @@ def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_bl
                             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
                             num_gpus=gpus, max_restarts=1, max_task_retries=1)
     return ds
-
-
-def configure_data(object_store_mb: int = OBJECT_STORE_MB) -> None:
-    """Ray Data settings for our runs: no progress bars of its own, bounded object store, dropped blocks
-    instead of a failed run."""
-    import ray.data
-    from ray.data import DataContext
-    from ray.data._internal.execution.interfaces import ExecutionResources
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.max_errored_blocks = -1  # a dead batch is dropped, never the run; its files are retried below
-    ctx.execution_options.resource_limits = ExecutionResources.for_limits(
-        object_store_memory=object_store_mb * 1024 * 1024)
-    ctx.execution_options.preserve_order = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    del ray
 
 
 def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list[dict]], None],
@@ -280,7 +228,7 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
     from mmdeploy.bundle import load_bundle
 
     spec_json = load_bundle(job.model, with_model=False).spec.to_json()
-    local_cpus = os.cpu_count() or 1
+    local_cpus = cpu_count()
     start = connect(address, cpus=None if address else local_cpus + 1)  # +1: the actor, as classify's main process
     configure_data(object_store_mb)
     gpu = uses_gpu(job.backend)

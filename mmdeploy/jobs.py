@@ -1,0 +1,78 @@
+"""What a decode worker runs (mmdeploy.isolate), or a caller runs itself on trusted data: a file -> feature items.
+
+One item shape for a file's first window and for each window of a timeline:
+
+    {file, audio [1,F,T] | None, video [3,N,H,W] | None, window{start, end}, timings_ms{decode, features}}
+
+as float32 numpy (pickled through the worker's pipe), computed by the one features function with the
+bundle's spec. A bad file is {"file", "error": reason} (file_job) or MediaError (window_jobs, mid-stream
+too); exceptions with custom constructors do not cross processes cleanly, so reasons travel as text.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mmdeploy.errors import MediaError, MmdeployError
+from mmdeploy.media.clip import DecodeOptions
+from mmdeploy.spec import ClipSpec
+
+FAST = DecodeOptions()
+
+
+def clip_features(clip, spec: ClipSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Clip -> (audio [1,F,T] | None, video [3,N,H,W] | None) as float32 numpy, via the one features function."""
+    from mmdeploy.features import compute_features
+
+    if not (clip.has_audio or clip.has_video):
+        raise MediaError(clip.path, "no audio or video track")
+    audio, video = compute_features(clip, spec)
+    return (None if audio is None else audio.numpy(), None if video is None else video.numpy())
+
+
+def clip_window(clip) -> dict[str, float]:
+    """{start, end}: the seconds of the file a clip covers."""
+    return {"start": round(float(clip.start), 6), "end": round(float(clip.start) + float(clip.seconds), 6)}
+
+
+def item(path: str, clip, spec: ClipSpec, decode_ms: float) -> dict[str, Any]:
+    """A decoded clip -> the feature item (see the module docstring)."""
+    t0 = time.perf_counter()
+    audio, video = clip_features(clip, spec)
+    return {"file": path, "audio": audio, "video": video, "window": clip_window(clip),
+            "timings_ms": {"decode": decode_ms, "features": (time.perf_counter() - t0) * 1e3}}
+
+
+def error_result(path: str | Path, exc: Exception) -> dict[str, str]:
+    """{"file", "error"}; the error text is the reason alone (the CLI prints `error: FILE: reason`)."""
+    reason = exc.reason if isinstance(exc, MediaError) else str(exc)
+    return {"file": str(path), "error": reason}
+
+
+def file_job(path: str, spec: ClipSpec, options: DecodeOptions = FAST) -> dict[str, Any]:
+    """One file's first spec window -> its feature item, or {"file", "error"}."""
+    from mmdeploy import media
+
+    try:
+        t0 = time.perf_counter()
+        clip = media.decode_window(path, spec, options=options)
+        return item(path, clip, spec, (time.perf_counter() - t0) * 1e3)
+    except MmdeployError as exc:
+        return error_result(path, exc)
+
+
+def window_jobs(path: str, spec: ClipSpec, window: float | None = None, hop: float | None = None,
+                options: DecodeOptions = FAST) -> Iterator[dict[str, Any]]:
+    """Consecutive windows of one file -> feature items, streamed (bounded memory)."""
+    from mmdeploy import media
+
+    clips = media.iter_windows(path, spec, window=window, hop=hop, options=options)
+    while True:
+        t0 = time.perf_counter()
+        clip = next(clips, None)
+        if clip is None:
+            return
+        yield item(path, clip, spec, (time.perf_counter() - t0) * 1e3)
