@@ -58,6 +58,36 @@ def plot_coefficients(steps: list[dict[str, Any]], path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
+def plot_comparison(summary: dict[str, Any], path: str | Path, reference: str | None = None) -> Path:
+    """compare's plot: per method, bars of fused / audio-head / video-head test accuracy (mean over seeds)
+    with 95 % confidence intervals, and the seeds as dots; untrained heads are hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(methods) + 2), 4.5), dpi=100)
+    width = 0.26
+    for j, (key, label, colour) in enumerate((("fused_acc", "fused", "0.25"), ("audio_acc", "audio head", "C0"),
+                                              ("video_acc", "video head", "C1"))):
+        for i, m in enumerate(methods):
+            e = summary[m][key]
+            x = i + (j - 1) * width
+            lo, hi = e["ci"]
+            untrained = key != "fused_acc" and not summary[m]["heads_trained"]
+            ax.bar(x, 100 * e["mean"], width, color=colour, alpha=0.35 if untrained else 0.9,
+                   hatch="//" if untrained else None, label=label if i == 0 else None)
+            ax.errorbar(x, 100 * e["mean"], yerr=[[100 * (e["mean"] - lo)], [100 * (hi - e["mean"])]], color="k",
+                        capsize=3, linewidth=1)
+            ax.scatter([x] * len(e["values"]), [100 * v for v in e["values"]], s=6, color="k", zorder=3)
+    ax.set_xticks(range(len(methods)), [m + (" (ref)" if m == reference else "") for m in methods], rotation=15)
+    ax.set(ylabel="test accuracy (%)", title="Methods over seeds: mean and 95 % CI (hatched: head untrained)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(plt, fig, path)
+
+
 def _moving_mean(values: list[float], window: int) -> list[float]:
     """Trailing mean over `window` steps (shorter at the start), so the trend shows through the noise."""
     out, total = [], 0.0
