@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from mmdeploy.commands import batch, classify, data, export, index, media, serve, train
+from mmdeploy.commands import batch, classify, compare, data, export, index, media, serve, train
 from mmdeploy.errors import MmdeployError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -35,7 +35,7 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
     """Train balanced audio-video classifiers, export them, classify video files."""
 
 
-for module in (media, data, index, train, export, classify, batch, serve):
+for module in (media, data, index, train, compare, export, classify, batch, serve):
     module.register(app, data_app)
 
 
