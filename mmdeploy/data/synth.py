@@ -22,7 +22,11 @@ Knobs of `generate`: clips (total, spread evenly over classes), seed (determines
 samples, labels, splits, and every file's bytes for a given PyAV/FFmpeg build; the manifest records each
 clip's SHA-256), classes (2-12), size (frame px), fps, seconds, sample_rate, workers (process
 pool). Difficulty lives in the module constants below (AUDIO_SNR_DB, VIDEO_NOISE, CLUTTER_*,
-SHAPE_RADIUS, DARK/BRIGHT). Splits: 70/15/15 per class (stratified); leftover val/test clips go round
+SHAPE_RADIUS, DARK/BRIGHT). Two knobs show where balancing helps and where it does not:
+`audio_snr_db` shifts the audio SNR range (+6 dB: the audio cue is even stronger than the video cue, more
+imbalance; -6 dB: weaker, closer to balanced) and `label_noise` replaces that fraction of the train
+split's labels by another class (val and test stay clean; the clips are unchanged). At 0 and 0 the bytes
+are those of the plain generator. Splits: 70/15/15 per class (stratified); leftover val/test clips go round
 the classes, so even tiny sets (3 clips per class) get all three splits.
 """
 from __future__ import annotations
@@ -118,7 +122,8 @@ def _sound(kind: str, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return wave * gate
 
 
-def render_audio(sound: str, seconds: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+def render_audio(sound: str, seconds: float, sample_rate: int, rng: np.random.Generator,
+                 snr_shift_db: float = 0.0) -> np.ndarray:
     """Tone pattern + distractor blips + white noise at a random SNR; float32 in [-1, 1]."""
     n = int(round(seconds * sample_rate))
     t = np.arange(n) / sample_rate
@@ -127,7 +132,7 @@ def render_audio(sound: str, seconds: float, sample_rate: int, rng: np.random.Ge
         at, width = rng.uniform(0, seconds - 0.1), rng.uniform(0.03, 0.08)
         blip = (t >= at) & (t < at + width)
         signal[blip] += 0.7 * np.sin(2 * np.pi * rng.uniform(300, 6000) * t[blip])
-    snr = 10 ** (rng.uniform(*AUDIO_SNR_DB) / 10)
+    snr = 10 ** ((rng.uniform(*AUDIO_SNR_DB) + snr_shift_db) / 10)
     noise = rng.standard_normal(n) * np.sqrt(np.mean(signal ** 2) / snr)
     mix = signal + noise
     return (mix * rng.uniform(0.3, 0.8) / np.abs(mix).max()).astype(np.float32)
@@ -230,13 +235,14 @@ class _Job:
     fps: int
     seconds: float
     sample_rate: int
+    audio_snr_db: float = 0.0
 
 
 def _make_clip(job: _Job) -> str:
     """Render and write one clip; return its SHA-256."""
     rng = np.random.default_rng([job.seed, job.index])
     video = render_video(job.cue.shape, int(round(job.fps * job.seconds)), job.size, rng)
-    audio = render_audio(job.cue.sound, job.seconds, job.sample_rate, rng)
+    audio = render_audio(job.cue.sound, job.seconds, job.sample_rate, rng, job.audio_snr_db)
     write_mp4(job.path, video, job.fps, audio, job.sample_rate)
     return file_sha256(job.path)
 
@@ -270,10 +276,29 @@ def assign_splits(labels: list[int], seed: int) -> list[str]:
     return splits
 
 
+def noisy_labels(labels: list[int], splits: list[str], classes: int, fraction: float, seed: int) -> list[int]:
+    """Each train label replaced, with probability `fraction`, by one of the other classes (uniformly);
+    val and test labels untouched. Its own random stream: the clips do not change."""
+    if fraction <= 0:
+        return list(labels)
+    rng = np.random.default_rng([seed, 2_000_003])
+    out = []
+    for label, split in zip(labels, splits):
+        flip, other = rng.random() < fraction, int(rng.integers(classes - 1))
+        out.append((label + 1 + other) % classes if split == "train" and flip else label)
+    return out
+
+
 def generate(out: str | Path, clips: int = 480, seed: int = 0, classes: int = 8, *, size: int = 64,
-             fps: int = 12, seconds: float = 2.0, sample_rate: int = 16000, workers: int | None = None) -> Path:
+             fps: int = 12, seconds: float = 2.0, sample_rate: int = 16000, workers: int | None = None,
+             audio_snr_db: float = 0.0, label_noise: float = 0.0) -> Path:
     """Write OUT/clips/*.mp4 and OUT/manifest.csv (+ classes file); return the manifest path."""
     table = class_table(classes)
+    if not -30.0 <= audio_snr_db <= 30.0:
+        raise ConfigError(f"synth audio_snr_db: {audio_snr_db} is out of range; choose -30 to 30 (dB added to the "
+                          f"audio SNR range {AUDIO_SNR_DB})")
+    if not 0.0 <= label_noise < 1.0:
+        raise ConfigError(f"synth label_noise: {label_noise} must be in [0, 1) (fraction of train labels replaced)")
     if clips < classes:
         raise ConfigError(f"synth clips: {clips} is fewer than classes={classes}; ask for at least one per class")
     if size < 16 or size % 2:
@@ -282,7 +307,7 @@ def generate(out: str | Path, clips: int = 480, seed: int = 0, classes: int = 8,
     (out / "clips").mkdir(parents=True, exist_ok=True)
     labels = [i % classes for i in range(clips)]
     jobs = [_Job(out / "clips" / f"{i:05d}_{table[lab].name}.mp4", table[lab], seed, i, size, fps, seconds,
-                 sample_rate) for i, lab in enumerate(labels)]
+                 sample_rate, float(audio_snr_db)) for i, lab in enumerate(labels)]
     workers = max(1, min(workers or os.cpu_count() or 1, clips))
     if workers == 1:
         digests = [_make_clip(job) for job in jobs]
@@ -290,6 +315,7 @@ def generate(out: str | Path, clips: int = 480, seed: int = 0, classes: int = 8,
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             digests = list(pool.map(_make_clip, jobs, chunksize=max(1, clips // (workers * 8))))
     splits = assign_splits(labels, seed)
-    items = [Item(path=str(job.path), label=job.cue.name, split=split, sha256=digest)
-             for job, split, digest in zip(jobs, splits, digests)]
+    names = noisy_labels(labels, splits, classes, label_noise, seed)
+    items = [Item(path=str(job.path), label=table[name].name, split=split, sha256=digest)
+             for job, split, digest, name in zip(jobs, splits, digests, names)]
     return write_manifest(out / "manifest.csv", items, [c.name for c in table])
