@@ -16,7 +16,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
               clips: int = typer.Option(480, help="Number of clips, spread evenly over the classes."),
               seed: int = typer.Option(0, help="Seed for pixels, samples, labels and splits."),
               classes: int = typer.Option(8, help="Number of classes (2-12)."),
-              workers: int = typer.Option(0, help="Processes (0 = one per CPU).")) -> None:
+              workers: int = typer.Option(0, help="Processes (0 = one per CPU)."),
+              audio_snr_db: float = typer.Option(0.0, "--audio-snr-db", help="dB added to the audio SNR (-6..+6 dB): "
+                                                 "+ makes the audio cue stronger (more imbalance), - weaker."),
+              label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of train labels replaced by "
+                                                "another class (val/test stay clean).")) -> None:
         """Write H.264 + AAC clips whose audio cue is easy and video cue is slow to learn."""
         import time
 
@@ -24,7 +28,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from mmdeploy.data.synth import generate
 
         t0 = time.perf_counter()
-        path = generate(out, clips=clips, seed=seed, classes=classes, workers=workers or None)
+        path = generate(out, clips=clips, seed=seed, classes=classes, workers=workers or None,
+                        audio_snr_db=audio_snr_db, label_noise=label_noise)
         counts = Counter(it.split for it in read_manifest(path).items)
         typer.echo(f"{path}: {clips} clips, {classes} classes, train {counts['train']} / val {counts['val']} / "
                    f"test {counts['test']} ({time.perf_counter() - t0:.1f} s)")
