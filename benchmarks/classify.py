@@ -7,7 +7,7 @@ against the decoding ceilings, and a folder with 1 worker vs all cores. Prints m
 The timeline table measures, side by side in one run on the same file (median of --rounds, interleaved):
 `ffmpeg -f null` (every stream), ffmpeg decoding only the video stream with -skip_frame noref (the ceiling:
 what the chosen frames can depend on), bare PyAV full decode, our decode stage alone (`iter_windows`) and
-the whole timeline (`classify_timeline`), each with the fast path and with `media.reference_decode()`
+the whole timeline (`classify_timeline`), each with the fast path and with `DecodeOptions(reference=True)`
 (every packet decoded: the "before"). CPU s is user + system time of all threads (children for ffmpeg).
 
 Without --model: a random-weight bundle with the paper's ResNet18 encoders at the synth spec (speed only).
@@ -102,27 +102,10 @@ def cpu_wall(fn) -> tuple[float, float]:
     return tree_cpu() - c0, time.perf_counter() - t0
 
 
-def with_env(name: str, value: str | None, fn):
-    def run():
-        before = os.environ.get(name)
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-        try:
-            return fn()
-        finally:
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
-    return run
-
-
 def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, label: str) -> None:
     """One table: our timeline and decode stage (fast and reference) against ffmpeg and bare PyAV."""
     from mmdeploy.classify import classify_timeline
-    from mmdeploy.media import _REFERENCE_ENV, _THREADS_ENV, iter_windows
+    from mmdeploy.media import DecodeOptions, iter_windows
 
     spec = predictor.spec
     ffmpeg = shutil.which("ffmpeg")
@@ -137,21 +120,23 @@ def timeline_vs_ceiling(long: Path, seconds: float, predictor, rounds: int, labe
                                           "-map", "0:v:0", "-f", "null", "-"], **quiet))]
     stages: dict[str, list[dict]] = {}
 
-    def timeline(tag: str):
+    def timeline(tag: str, options=DecodeOptions()):
         def run() -> None:
-            result = [r for r in classify_timeline(long, predictor) if "windows" in r][0]
+            result = [r for r in classify_timeline(long, predictor, options=options) if "windows" in r][0]
             stages.setdefault(tag, []).append(result["timings_ms"])
         return run
 
-    windows = lambda: sum(1 for _ in iter_windows(long, spec))  # noqa: E731
+    def windows(options):
+        return lambda: sum(1 for _ in iter_windows(long, spec, options=options))
+
+    reference, threads = DecodeOptions(reference=True), DecodeOptions(frame_threads=os.cpu_count() or 1)
     rows += [("bare PyAV full decode (first video + audio stream)", lambda: pyav_decode_all(long)),
-             ("ours, decode stage (`iter_windows`), reference decode", with_env(_REFERENCE_ENV, "1", windows)),
-             ("ours, decode stage (`iter_windows`), fast path", with_env(_REFERENCE_ENV, None, windows)),
-             ("ours, timeline, reference decode (before)", with_env(_REFERENCE_ENV, "1", timeline("before"))),
-             (f"ours, timeline, fast path, MMDEPLOY_DECODE_THREADS={os.cpu_count()} (frame threads)",
-              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, str(os.cpu_count()), timeline("frame threads")))),
-             ("**ours, timeline, fast path (default: 1 decode thread)**",
-              with_env(_REFERENCE_ENV, None, with_env(_THREADS_ENV, None, timeline("default"))))]
+             ("ours, decode stage (`iter_windows`), reference decode", windows(reference)),
+             ("ours, decode stage (`iter_windows`), fast path", windows(DecodeOptions())),
+             ("ours, timeline, reference decode (before)", timeline("before", reference)),
+             (f"ours, timeline, fast path, MMDEPLOY_FRAME_THREADS={os.cpu_count()} (frame threads)",
+              timeline("frame threads", threads)),
+             ("**ours, timeline, fast path (default: 1 decode thread)**", timeline("default"))]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in rows}
     for _ in range(rounds):
         for name, fn in rows:
@@ -211,7 +196,8 @@ def main() -> None:
 
     import torch
 
-    from mmdeploy.classify import classify_file, classify_files, expand_paths, inference_threads
+    from mmdeploy.classify import classify_file, classify_files
+    from mmdeploy.pipeline import expand_paths, inference_threads
     from mmdeploy.runtime import load_predictor
 
     size = tuple(int(v) for v in args.size.split("x"))

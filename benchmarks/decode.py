@@ -7,7 +7,7 @@ that decodes only the frames that window needs, and `ffmpeg -i FILE -f null -` (
 Prints a markdown table of medians in milliseconds. Timings, not assertions.
 
 The cache section measures training's feature-cache warm-up (`warm_cache`, what `mmdeploy data cache`
-runs) in files/s with the fast decode path and with `media.reference_decode()` (every packet decoded:
+runs) in files/s with the fast decode path and with `DecodeOptions(reference=True)` (every packet decoded:
 the "before"), alternating, each round into a fresh cache folder, on three sets: a generated synthetic
 dataset (`mmdeploy data synth`), 6-s 640x360 H.264 clips with B-frames (two windows each) and the
 shared clips.
@@ -92,7 +92,7 @@ def cache_sets(root: Path, media: Path) -> dict[str, list]:
 
 def cache_warmup(media: Path, spec, rounds: int, workers: int) -> None:
     from mmdeploy.data.cache import warm_cache
-    from mmdeploy.media import _REFERENCE_ENV
+    from mmdeploy.media import DecodeOptions
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
         root = Path(tmp)
@@ -103,14 +103,10 @@ def cache_warmup(media: Path, spec, rounds: int, workers: int) -> None:
             rates: dict[bool, list[float]] = {True: [], False: []}
             for r in range(rounds):
                 for reference in ((True, False) if r % 2 == 0 else (False, True)):
-                    if reference:
-                        os.environ[_REFERENCE_ENV] = "1"  # inherited by the spawned workers
-                    try:
-                        t0 = time.perf_counter()
-                        failures = warm_cache(items, spec, root / f"cache{k}-{r}-{int(reference)}", workers=workers)
-                        rates[reference].append((len(items) - len(failures)) / (time.perf_counter() - t0))
-                    finally:
-                        os.environ.pop(_REFERENCE_ENV, None)
+                    t0 = time.perf_counter()
+                    failures = warm_cache(items, spec, root / f"cache{k}-{r}-{int(reference)}", workers=workers,
+                                          options=DecodeOptions(reference=reference))
+                    rates[reference].append((len(items) - len(failures)) / (time.perf_counter() - t0))
             ref, fast = statistics.median(rates[True]), statistics.median(rates[False])
             print(f"| {name} | {len(items)} | {ref:.1f} | {fast:.1f} | {fast / ref:.2f}x |")
 
@@ -130,7 +126,7 @@ def main() -> None:
     import torch
 
     from mmdeploy.features import compute_features
-    from mmdeploy.media import decode_window, probe, reference_decode
+    from mmdeploy.media import DecodeOptions, decode_window, probe
     from mmdeploy.spec import preset
 
     torch.set_num_threads(1)
@@ -158,8 +154,9 @@ def main() -> None:
         info = probe(path)
         probe_ms = median_ms(lambda: probe(path), args.runs)
         ours_ms = median_ms(lambda: compute_features(decode_window(path, spec, args.start), spec), args.runs)
-        with reference_decode():
-            before_ms = median_ms(lambda: compute_features(decode_window(path, spec, args.start), spec), args.runs)
+        reference = DecodeOptions(reference=True)
+        before_ms = median_ms(lambda: compute_features(decode_window(path, spec, args.start, options=reference), spec),
+                              args.runs)
         bare_ms = median_ms(lambda: bare_pyav(path, spec, args.start), args.runs)
         full_ms = f"{median_ms(lambda: ffmpeg_null(path), args.runs):.0f}" if has_ffmpeg else "n/a"
         duration = "none" if info.duration is None else f"{info.duration:.1f}"

@@ -34,11 +34,12 @@ def compute_features(clip, spec: ClipSpec) -> tuple[torch.Tensor | None, torch.T
 
 
 def file_features(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, end: float | None = None,
-                  audio_path: str | os.PathLike | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """compute_features(decode_window(...)): features of one window of a file."""
-    from mmdeploy.media import decode_window
+                  audio_path: str | os.PathLike | None = None,
+                  options=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """compute_features(decode_window(...)): features of one window of a file (`options`: media.DecodeOptions)."""
+    from mmdeploy.media import DecodeOptions, decode_window
 
-    return compute_features(decode_window(path, spec, start, end, audio_path), spec)
+    return compute_features(decode_window(path, spec, start, end, audio_path, options or DecodeOptions()), spec)
 
 
 # ---- audio ---------------------------------------------------------------------------------------

@@ -58,7 +58,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         items = read_manifest(manifest).items
         if engine not in ("local", "ray"):
             raise ConfigError(f"--engine {engine!r}: choose local or ray")
-        failures = warm_cache(items, clip_spec, cache_dir, workers=workers or None, engine=engine, address=address)
+        from mmdeploy.pipeline import decode_options
+        from mmdeploy.settings import Settings
+
+        failures = warm_cache(items, clip_spec, cache_dir, workers=workers or None, engine=engine, address=address,
+                              options=decode_options(Settings.from_env()))
         for _, reason in failures:
             typer.echo(f"skipped {reason}", err=True)
         typer.echo(f"{cache_dir / clip_spec.digest()}: {len(items) - len(failures)} of {len(items)} clips cached")

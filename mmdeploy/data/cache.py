@@ -23,6 +23,7 @@ import torch
 
 from mmdeploy.data.manifest import Item
 from mmdeploy.errors import MediaError, MmdeployError
+from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.settings import cpu_count
 from mmdeploy.spec import ClipSpec
 
@@ -48,9 +49,9 @@ def item_key(item: Item) -> str:
 class FeatureCache:
     """`get(item) -> (audio [1,F,T] | None, video [3,N,H,W] | None)` float32 tensors, computed on a miss."""
 
-    def __init__(self, root: str | Path, spec: ClipSpec):
+    def __init__(self, root: str | Path, spec: ClipSpec, options: DecodeOptions = DecodeOptions()):
         self.root = Path(root)
-        self.spec = spec
+        self.spec, self.options = spec, options
         self.dir = self.root / spec.digest()
 
     def entry(self, item: Item) -> Path:
@@ -76,7 +77,7 @@ class FeatureCache:
         from mmdeploy import features
 
         return features.file_features(item.path, self.spec, start=item.start, end=item.end,
-                                      audio_path=item.audio_path)
+                                      audio_path=item.audio_path, options=self.options)
 
     def _load(self, entry: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         meta = json.loads((entry / "meta.json").read_text())
@@ -113,10 +114,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _warm_one(root: Path, spec: ClipSpec, item: Item) -> str | None:
+def _warm_one(root: Path, spec: ClipSpec, item: Item, options: DecodeOptions = DecodeOptions()) -> str | None:
     """Fill one entry; a user-fixable error (bad file) comes back as its message."""
     try:
-        FeatureCache(root, spec).get(item)
+        FeatureCache(root, spec, options).get(item)
     except MmdeployError as exc:
         return str(exc)
     return None
@@ -127,12 +128,14 @@ def _init_worker() -> None:
 
 
 def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path, workers: int | None = None,
-               engine: str = "local", address: str | None = None) -> list[tuple[Item, str]]:
+               engine: str = "local", address: str | None = None,
+               options: DecodeOptions = DecodeOptions()) -> list[tuple[Item, str]]:
     """Compute every missing entry, in `workers` spawned processes (1 = in this process), or with
     engine="ray" in Ray tasks across a cluster (`address`; none = a local Ray instance), `workers` at once
     (default: every CPU). With Ray, `root` must be a folder every node sees at the same path.
 
-    Returns the items that could not be decoded, with the reason; the rest are cached."""
+    `options` (media.DecodeOptions) is how the decoders decode. Returns the items that could not be decoded,
+    with the reason; the rest are cached."""
     cache = FeatureCache(root, spec)
     failures: list[tuple[Item, str]] = []
     todo = []
@@ -143,16 +146,16 @@ def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path, workers: int
         except MediaError as exc:
             failures.append((item, str(exc)))
     if engine == "ray":
-        results = _warm_ray(todo, spec, cache.root, workers, address) if todo else []
+        results = _warm_ray(todo, spec, cache.root, workers, address, options) if todo else []
         failures += [(it, err) for it, err in zip(todo, results) if err is not None]
         return failures
     workers = max(1, min(workers or cpu_count(), len(todo)))
     if workers == 1:
-        results = [_warm_one(cache.root, spec, it) for it in todo]
+        results = [_warm_one(cache.root, spec, it, options) for it in todo]
     else:
         n = len(todo)
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            results = list(pool.map(_warm_one, [cache.root] * n, [spec] * n, todo,
+            results = list(pool.map(_warm_one, [cache.root] * n, [spec] * n, todo, [options] * n,
                                     chunksize=max(1, n // (workers * 8))))
     failures += [(it, err) for it, err in zip(todo, results) if err is not None]
     return failures
@@ -162,16 +165,17 @@ def warm_cache(items: list[Item], spec: ClipSpec, root: str | Path, workers: int
 RAY_BATCH = 16  # items per Ray task: what a dying worker costs (the task is retried once)
 
 
-def _warm_batch(batch: dict[str, np.ndarray], root: str, spec_json: str) -> dict[str, np.ndarray]:
+def _warm_batch(batch: dict[str, np.ndarray], root: str, spec_json: str,
+                options: DecodeOptions = DecodeOptions()) -> dict[str, np.ndarray]:
     """Ray task: a batch of items (JSON) -> their error messages ("" = cached)."""
     torch.set_num_threads(1)
     spec = ClipSpec.from_json(spec_json)
-    errors = [_warm_one(Path(root), spec, Item(**json.loads(str(t)))) or "" for t in batch["item"]]
+    errors = [_warm_one(Path(root), spec, Item(**json.loads(str(t))), options) or "" for t in batch["item"]]
     return {"index": batch["index"], "error": np.array(errors, dtype=object)}
 
 
 def _warm_ray(todo: list[Item], spec: ClipSpec, root: Path, workers: int | None,
-              address: str | None) -> list[str | None]:
+              address: str | None, options: DecodeOptions = DecodeOptions()) -> list[str | None]:
     """The `warm_cache` loop on Ray Data: one task per RAY_BATCH items, at most `workers` at once."""
     import dataclasses
     import warnings
@@ -192,7 +196,7 @@ def _warm_ray(todo: list[Item], spec: ClipSpec, root: Path, workers: int | None,
         warnings.simplefilter("ignore")
         ds = ray.data.from_arrow(blocks).map_batches(
             _warm_batch, batch_size=RAY_BATCH, batch_format="numpy",
-            fn_kwargs={"root": str(Path(root).resolve()), "spec_json": spec.to_json()},
+            fn_kwargs={"root": str(Path(root).resolve()), "spec_json": spec.to_json(), "options": options},
             compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1, max_retries=1)
     results: list[str | None] = ["its Ray worker died twice while decoding it (a decoder crash, or out of "
                                  "memory); the file is damaged or hostile"] * len(todo)
