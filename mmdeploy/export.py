@@ -17,13 +17,15 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from mmdeploy.bundle import FORMAT, FORMAT_VERSION, META, WEIGHTS, Bundle, load_bundle
+from mmdeploy.config import read_yaml, validate
 from mmdeploy.errors import ConfigError, MediaError, MmdeployError
 from mmdeploy.runtime.base import INPUTS, OUTPUT_NAMES, OUTPUTS
 from mmdeploy.runtime.ort_backend import read_onnx_metadata, usable_providers
@@ -52,16 +54,56 @@ class Target:
     description: str = ""
 
 
-_TARGET_KEYS = {"description", "backend", "device", "precision", "batch", "providers", "parity", "fp32_layers",
-                "cuda_graphs"}
-_CHOICES = {"backend": ("onnxruntime", "tensorrt", "torch"), "device": ("cpu", "cuda"), "precision": ("fp32", "fp16")}
 FP32_LAYER_KINDS = ("softmax", "normalization", "reduce", "pooling")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class BatchProfile(_Strict):
+    min: int
+    opt: int
+    max: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or set(data) != {"min", "opt", "max"} or \
+                not all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+            raise ValueError(f"needs integer min, opt and max, got {data!r}")
+        if not 1 <= data["min"] <= data["opt"] <= data["max"]:
+            raise ValueError(f"needs 1 <= min <= opt <= max, got {data!r}")
+        return data
+
+
+class Parity(_Strict):
+    tolerance: float = Field(1e-4, gt=0)
+    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5], min_length=1)
+
+
+class TargetFile(_Strict):
+    """The keys of export/NAME.yaml."""
+    description: str = ""
+    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16"] = "fp32"
+    batch: BatchProfile = Field(default_factory=lambda: BatchProfile(min=1, opt=1, max=32))
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    parity: Parity = Field(default_factory=Parity)
+    fp32_layers: list[Literal[FP32_LAYER_KINDS]] = Field(default_factory=list)
+    cuda_graphs: bool = False
+
+    @model_validator(mode="after")
+    def _profile_covers_parity(self) -> "TargetFile":
+        if self.backend == "tensorrt" and min(self.parity.batches) < self.batch.min:
+            raise ValueError(f"parity.batches: {min(self.parity.batches)} is below the engine profile's batch.min "
+                             f"{self.batch.min}")
+        return self
 
 
 def load_target(name_or_path: str | Path) -> Target:
     """Read and validate export/NAME.yaml (or any YAML path); unknown keys raise ConfigError."""
-    import yaml
-
     from mmdeploy import assets
 
     path = Path(name_or_path)
@@ -70,53 +112,17 @@ def load_target(name_or_path: str | Path) -> Target:
     if not path.is_file():
         known = ", ".join(assets.names("export"))
         raise ConfigError(f"{path}: no such deploy target; use one of {known} or a YAML path")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_target(data, name=path.stem, where=str(path))
+    return parse_target(read_yaml(path, "deploy target keys"), name=path.stem, where=str(path))
 
 
 def parse_target(data: dict[str, Any], name: str, where: str) -> Target:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of target keys")
-    unknown = sorted(set(data) - _TARGET_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TARGET_KEYS))}")
-    for key, allowed in _CHOICES.items():
-        if key in data and data[key] not in allowed:
-            raise ConfigError(f"{where}: {key}: {data[key]!r} is not one of {', '.join(allowed)}")
-    batch = data.get("batch", {"min": 1, "opt": 1, "max": 32})
-    if not isinstance(batch, dict) or set(batch) != {"min", "opt", "max"} or \
-            not all(isinstance(v, int) and not isinstance(v, bool) for v in batch.values()):
-        raise ConfigError(f"{where}: batch: needs integer min, opt and max, got {batch!r}")
-    if not 1 <= batch["min"] <= batch["opt"] <= batch["max"]:
-        raise ConfigError(f"{where}: batch: needs 1 <= min <= opt <= max, got {batch!r}")
-    parity = data.get("parity", {})
-    if not isinstance(parity, dict) or set(parity) - {"tolerance", "batches"}:
-        raise ConfigError(f"{where}: parity: keys are tolerance and batches, got {parity!r}")
-    tolerance = parity.get("tolerance", 1e-4)
-    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance <= 0:
-        raise ConfigError(f"{where}: parity.tolerance: must be a number > 0, got {tolerance!r}")
-    batches = parity.get("batches", [1, 5])
-    if not isinstance(batches, list) or not batches or \
-            not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
-        raise ConfigError(f"{where}: parity.batches: must be a list of batch sizes >= 1, got {batches!r}")
-    if data.get("backend") == "tensorrt" and min(batches) < batch["min"]:
-        raise ConfigError(f"{where}: parity.batches: {min(batches)} is below the engine profile's batch.min "
-                          f"{batch['min']}")
-    layers = data.get("fp32_layers", [])
-    if not isinstance(layers, list) or set(layers) - set(FP32_LAYER_KINDS):
-        raise ConfigError(f"{where}: fp32_layers: choose from {', '.join(FP32_LAYER_KINDS)}, got {layers!r}")
-    providers = data.get("providers", ["CPUExecutionProvider"])
-    if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
-        raise ConfigError(f"{where}: providers: must be a list of ONNX Runtime provider names")
-    if not isinstance(data.get("cuda_graphs", False), bool):
-        raise ConfigError(f"{where}: cuda_graphs: expected true or false")
-    return Target(name=name, backend=data.get("backend", "onnxruntime"), device=data.get("device", "cpu"),
-                  precision=data.get("precision", "fp32"), batch=dict(batch), providers=tuple(providers),
-                  tolerance=float(tolerance), parity_batches=tuple(batches), fp32_layers=tuple(layers),
-                  cuda_graphs=data.get("cuda_graphs", False), description=str(data.get("description", "")))
+    t = validate(TargetFile, data, where)
+    return Target(name=name, backend=t.backend, device=t.device, precision=t.precision, batch=t.batch.model_dump(),
+                  providers=tuple(t.providers), tolerance=float(t.parity.tolerance),
+                  parity_batches=tuple(t.parity.batches), fp32_layers=tuple(t.fp32_layers), cuda_graphs=t.cuda_graphs,
+                  description=t.description)
 
 
 # ---- ONNX --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A training recipe: one YAML file, validated into typed sections, with `--set key=value` overrides.
+"""A training recipe: one YAML file, validated into typed sections, with `--set key=value` overrides
+(YAML, overrides and error lines: mmdeploy/config.py).
 
     data:   {manifest, spec: PRESET | {preset, <ClipSpec keys>}, synth: {clips, seed, classes}, cache}
     model:  {audio: {...}, video: {...}, fusion: {type: late}}
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mmdeploy.config import apply_override, describe, read_yaml
 from mmdeploy.errors import ConfigError
 from mmdeploy.spec import ClipSpec, preset
 
@@ -126,7 +128,7 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_describe(exc)}") from None
+        raise ConfigError(f"{where}: {describe(exc, Recipe, _UNIONS, top='the recipe')}") from None
     except ConfigError as exc:  # from ClipSpec / preset, already naming data.spec.<key>
         raise ConfigError(f"{where}: {exc}") from None
     if check_files:
@@ -138,28 +140,6 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     return recipe
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """`train.optimizer.lr=3e-4` -> raw["train"]["optimizer"]["lr"] = 0.0003 (value parsed as YAML)."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=3")
-    try:
-        value = parse_yaml(text)
-    except ValueError as exc:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    node = raw
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def _read(path: str | Path) -> dict[str, Any]:
     from mmdeploy import assets
 
@@ -169,30 +149,7 @@ def _read(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe not found; give a YAML path or a shipped recipe name "
                           f"({', '.join(assets.names('recipes'))})")
-    try:
-        raw = parse_yaml(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections data, model, method, train")
-    return raw
-
-
-def parse_yaml(text: str) -> Any:
-    """yaml.safe_load, except that `1e-3` is a number (YAML 1.1 wants `1.0e-3`). Raises ValueError."""
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    number = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
-    try:
-        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ValueError(" ".join(str(exc).split())) from None
+    return read_yaml(path, "sections data, model, method, train")
 
 
 def _copy(raw: dict[str, Any]) -> dict[str, Any]:
@@ -201,33 +158,4 @@ def _copy(raw: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(raw)
 
 
-def _describe(exc: ValidationError) -> str:
-    """The first validation error as `dotted.key: what is wrong`."""
-    err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"]]
-    for union_key, hint in _UNIONS.items():  # pydantic appends the union member tried; name the key
-        if ".".join(loc).startswith(union_key + "."):
-            return f"{union_key}: expected {hint}, got {err.get('input')!r}"
-    key = ".".join(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        parent, name = key.rpartition(".")[0], loc[-1]
-        return f"{key}: unknown key {name!r}; allowed keys in {parent or 'the recipe'}: {', '.join(_allowed(parent))}"
-    if kind == "missing":
-        return f"{key}: required key missing"
-    msg = err["msg"].replace("Input should be", "expected").replace("a valid dictionary", "a mapping")
-    msg = msg.split(" or instance of ")[0]
-    return f"{key}: {msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
-
-
 _UNIONS = {"data.spec": "a preset name (synth, cremad, ave, ucf101) or a mapping {preset: NAME, <spec keys>}"}
-
-
-def _allowed(dotted: str) -> list[str]:
-    """The field names of the section at `dotted` ("" = top level)."""
-    cls: type[BaseModel] = Recipe
-    for part in filter(None, dotted.split(".")):
-        annotation = cls.model_fields[part].annotation
-        options = getattr(annotation, "__args__", (annotation,))
-        cls = next(o for o in options if isinstance(o, type) and issubclass(o, BaseModel))
-    return list(cls.model_fields)

@@ -8,23 +8,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+from pydantic.dataclasses import dataclass
+
+from mmdeploy.config import describe
 from mmdeploy.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_CHOICES = {
-    "short_audio": ("tile", "pad"),
-    "audio_feature": ("stft", "mel"),
-    "window": ("hann", "hamming", "tukey"),
-    "scale": ("magnitude", "power", "psd"),
-}
+Positive = Annotated[StrictInt, Field(gt=0)]
+Seconds = Annotated[StrictFloat, Field(gt=0)]
+Three = tuple[StrictFloat, StrictFloat, StrictFloat]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class ClipSpec:
     """How a window of a file becomes (spectrogram [1, F, T], frames [3, N, H, W]).
 
@@ -36,47 +36,40 @@ class ClipSpec:
     Video: `frames` RGB frames evenly spaced inside the window (at (i + 0.5) * L / N), resized to
     `frame_height` x `frame_width` (squash, bilinear), scaled by 1/255, normalised with
     `frame_mean` / `frame_std` per channel.
+
+    A pydantic dataclass (frozen, hashable): every field is typed strictly (an integer is no boolean, a
+    number no string; integers are accepted where floats go), and `from_dict` names the key on any error.
     """
 
-    sample_rate: int = 16000
-    window_seconds: float = 3.0
-    short_audio: str = "tile"
-    clip_audio: bool = True
-    audio_feature: str = "stft"
-    n_fft: int = 512
-    hop_length: int = 353
-    win_length: int | None = None
-    window: str = "hann"
-    center: bool = True
-    scale: str = "magnitude"
-    n_mels: int = 64
-    log_offset: float = 1e-7
-    audio_mean: float = 0.0
-    audio_std: float = 1.0
-    frames: int = 3
-    frame_height: int = 224
-    frame_width: int = 224
-    frame_mean: tuple[float, float, float] = IMAGENET_MEAN
-    frame_std: tuple[float, float, float] = IMAGENET_STD
+    sample_rate: Positive = 16000
+    window_seconds: Seconds = 3.0
+    short_audio: Literal["tile", "pad"] = "tile"
+    clip_audio: StrictBool = True
+    audio_feature: Literal["stft", "mel"] = "stft"
+    n_fft: Positive = 512
+    hop_length: Positive = 353
+    win_length: StrictInt | None = None
+    window: Literal["hann", "hamming", "tukey"] = "hann"
+    center: StrictBool = True
+    scale: Literal["magnitude", "power", "psd"] = "magnitude"
+    n_mels: Positive = 64
+    log_offset: StrictFloat = 1e-7
+    audio_mean: StrictFloat = 0.0
+    audio_std: Seconds = 1.0
+    frames: Positive = 3
+    frame_height: Positive = 224
+    frame_width: Positive = 224
+    frame_mean: Three = IMAGENET_MEAN
+    frame_std: Three = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        for key, allowed in _CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"spec.{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("sample_rate", "window_seconds", "n_fft", "hop_length", "frames", "frame_height",
-                    "frame_width", "n_mels", "audio_std")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"spec.{key}: must be > 0, got {getattr(self, key)!r}")
+        """What one field alone cannot say."""
         if self.win_length is not None and not 0 < self.win_length <= self.n_fft:
             raise ConfigError(f"spec.win_length: must be in (0, n_fft={self.n_fft}], got {self.win_length}")
-        if len(self.frame_mean) != 3 or len(self.frame_std) != 3 or min(self.frame_std) <= 0:
+        if min(self.frame_std) <= 0:
             raise ConfigError("spec.frame_mean / spec.frame_std: need 3 values each, std > 0")
         if not self.center and self.audio_samples < self.n_fft:
             raise ConfigError("spec.window_seconds: window shorter than n_fft with center=false")
-        # tuples, not lists, so the spec stays hashable after from_dict
-        object.__setattr__(self, "frame_mean", tuple(float(v) for v in self.frame_mean))
-        object.__setattr__(self, "frame_std", tuple(float(v) for v in self.frame_std))
 
     # ---- derived numbers -------------------------------------------------------------------
     @property
@@ -115,14 +108,14 @@ class ClipSpec:
     def from_dict(cls, data: dict[str, Any], where: str = "spec") -> "ClipSpec":
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping of spec keys, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}: unknown spec key; known keys: {', '.join(known)}")
-        kwargs = {}
-        for name, value in data.items():
-            kwargs[name] = _coerce(name, value, getattr(cls, name, None) if name in known else None, where)
-        return cls(**kwargs)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, cls, prefix=where)) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -141,35 +134,6 @@ class ClipSpec:
 
     def replace(self, **changes: Any) -> "ClipSpec":
         return dataclasses.replace(self, **changes)
-
-
-def _coerce(name: str, value: Any, default: Any, where: str) -> Any:
-    """Check the type of one key against its default and convert ints to floats where floats go."""
-    if name == "win_length":
-        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-            return value
-        raise ConfigError(f"{where}.{name}: expected an integer or null, got {value!r}")
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}.{name}: expected an integer, got {value!r}")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
-    if isinstance(default, tuple):
-        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-            return tuple(float(v) for v in value)
-        raise ConfigError(f"{where}.{name}: expected a list of 3 numbers, got {value!r}")
-    return value
 
 
 # The paper's settings (shared/reference/mlb-method.md §3) and our CPU-sized synthetic one.

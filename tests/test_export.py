@@ -145,6 +145,16 @@ def test_bad_target_is_a_config_error(data, message):
         parse_target(data, name="t", where="export/t.yaml")
 
 
+@pytest.mark.parametrize("written", ["1e-4", "1E-4", "1.0e-4", "0.0001"])
+def test_target_numbers_read_as_written(tmp_path, written):
+    """A deploy target written the way most people write it: `tolerance: 1e-4` is the float 1e-4."""
+    from mmdeploy.export import load_target
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"backend: onnxruntime\nparity: {{tolerance: {written}, batches: [1, 5]}}\n")
+    assert load_target(path).tolerance == 1e-4
+
+
 def test_unknown_target_name_lists_the_known_ones():
     from mmdeploy.export import load_target
 

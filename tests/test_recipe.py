@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from mmdeploy.errors import ConfigError
-from mmdeploy.recipe import apply_override, load_recipe, parse_yaml
+from mmdeploy.config import apply_override, parse_yaml
+from mmdeploy.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "training" / "recipes" / "synth-cpu.yaml"
@@ -22,7 +23,7 @@ def test_overrides_are_yaml_typed_and_validated():
                                   "data.spec={preset: synth, n_mels: 32}"], check_files=False)
     assert recipe.train.optimizer.lr == 3e-4 and recipe.train.epochs == 2
     assert recipe.method.params["alpha"] == 1.5 and recipe.data.clip_spec().n_mels == 32
-    assert parse_yaml("1e-3") == 0.001 and parse_yaml("[1, 2]") == [1, 2]
+    assert parse_yaml("1e-3") == 0.001 and parse_yaml("1E-3") == 0.001 and parse_yaml("[1, 2]") == [1, 2]
 
 
 @pytest.mark.parametrize("override, needle", [
