@@ -13,7 +13,7 @@ build the PyTorch model) refuses, with one line naming the file and the fix: a p
 the bundle, weights whose sha256 differs from model.json, a model.json whose spec no longer gives the
 recorded input shapes, and a model.json whose classes / spec / architecture differ from the ones sealed
 in the weights file. The digest is checked on the same bytes that are then loaded.
-Format version 1 (no digest) is refused; `python -m mmdeploy.bundle reseal RUN` re-saves trusted
+Format version 1 (no digest) is refused; `mmdeploy bundle reseal RUN` re-saves trusted
 version-1 weights in the current format.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ SEALED = ("classes", "spec", "arch", "inputs")  # model.json keys also written i
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 _PLAIN_SUFFIXES = (".json", ".jsonl", ".safetensors", ".onnx", ".png", ".engine", ".timing-cache", ".yaml",
                    ".yml", ".txt", ".md", ".csv", ".parquet", ".tmp", ".rejected")
-RESEAL = "python -m mmdeploy.bundle reseal"
+RESEAL = "mmdeploy bundle reseal"
 
 
 @dataclass
@@ -336,23 +335,6 @@ def reseal(run: str | Path) -> Path:
                        {k: v for k, v in meta.items() if k not in own})
 
 
-def main(argv: list[str]) -> int:
-    """`python -m mmdeploy.bundle reseal RUN` / `... verify RUN`: one line out, exit 2 on a refused bundle."""
-    if len(argv) != 2 or argv[0] not in ("reseal", "verify"):
-        print(f"usage: {RESEAL} RUN | python -m mmdeploy.bundle verify RUN", file=sys.stderr)
-        return 2
-    try:
-        if argv[0] == "reseal":
-            print(f"resealed {reseal(argv[1])} (format version {FORMAT_VERSION})")
-        else:
-            meta = verify_bundle(argv[1])
-            print(f"ok {argv[1]}: sha256 {meta['weights']['sha256']}, inputs {meta['inputs']}")
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def latest_bundle(root: str | Path = "runs") -> Path:
     """The newest run folder (by model.json time) under `root`, for commands given no --model."""
     root = Path(root)
@@ -362,6 +344,3 @@ def latest_bundle(root: str | Path = "runs") -> Path:
                           "`mmdeploy train training/recipes/synth-cpu.yaml --out runs/demo` or pass --model RUN")
     return candidates[-1].parent
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from mmdeploy.commands import batch, classify, compare, data, export, index, media, serve, train
+from mmdeploy.commands import batch, bundle, classify, compare, data, export, index, media, serve, train
 from mmdeploy.errors import MmdeployError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -18,7 +18,6 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, context_
                   help="Train balanced audio-video classifiers, export them, classify video files.")
 data_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, help="Make datasets: synthetic clips, manifests of raw layouts.")
 app.add_typer(data_app, name="data")
-
 
 
 def _version(value: bool) -> None:
@@ -35,14 +34,11 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
     """Train balanced audio-video classifiers, export them, classify video files."""
 
 
-for module in (media, data, index, train, compare, export, classify, batch, serve):
-    module.register(app, data_app)
-
-
-def fail(message: str, code: int = 2) -> "typer.Exit":
-    """Print `error: message` on one line and return the Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+for module in (media, train, export, classify, batch, serve, bundle):
+    module.register(app)
+for module in (data, index):
+    module.register(data_app)
+compare.register(app, data_app)  # its register still takes both apps (mmdeploy/commands/compare.py)
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ def cpu_list() -> list[int]:
 
 
 class Settings(BaseSettings):
-    """The knobs. Field `x` is the environment variable MMDEPLOY_X; its description is the README's."""
+    """The knobs. A field is the environment variable named MMDEPLOY_ + the field in capitals; its
+    description is the README's."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore", protected_namespaces=())
 

@@ -151,11 +151,15 @@ def test_format_1_is_refused_and_reseal_converts_trusted_weights(copy, tiny_spec
         meta.pop(key)
     meta["format_version"] = 1
     (copy / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"version 1 records no weights digest.*python -m mmdeploy\.bundle reseal"):
+    with pytest.raises(BundleError, match=r"version 1 records no weights digest.*`mmdeploy bundle reseal "):
         load_bundle(copy)
-    result = subprocess.run([sys.executable, "-m", "mmdeploy.bundle", "reseal", str(copy)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mmdeploy", "bundle", "reseal", str(copy)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"resealed {copy}")
+    verified = subprocess.run([sys.executable, "-m", "mmdeploy", "bundle", "verify", str(copy)], capture_output=True,
+                              text=True, timeout=120)
+    assert verified.returncode == 0 and verified.stdout.startswith(f"ok {copy}: sha256 "), verified.stderr
     after = load_bundle(copy)
     assert after.meta["format_version"] == 2 and after.meta["metrics"] == before.meta["metrics"]
     a, v = torch.randn(2, 1, *tiny_spec.spectrogram_shape), torch.randn(2, *tiny_spec.frames_shape)
@@ -188,7 +192,7 @@ def test_missing_bundle_says_how_to_make_one(tmp_path):
 
 def test_verify_command_exits_2_with_one_line(copy):
     flip_bytes(copy / "model.safetensors")
-    result = subprocess.run([sys.executable, "-m", "mmdeploy.bundle", "verify", str(copy)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mmdeploy", "bundle", "verify", str(copy)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()

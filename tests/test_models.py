@@ -6,18 +6,27 @@ import torch
 import torch.nn.functional as F
 
 from mmdeploy.errors import ConfigError
+from mmdeploy.models import ENCODERS as ENCODER_REGISTRY
+from mmdeploy.models import FUSIONS as FUSION_REGISTRY
 from mmdeploy.models import build_model
 
-ENCODERS = {
+# Tiny settings per registered entry (an entry registered without one is built with its defaults); the
+# tests are parametrized over the registries, so a new encoder or fusion is tested as soon as it exists.
+TINY_ENCODERS = {
     "resnet": ({"type": "resnet", "width": 4, "layers": [1, 1]},) * 2,
     "conformer": ({"type": "conformer", "dim": 8, "depth": 1, "heads": 2, "ff_mult": 2, "kernel": 3, "bins": 8},
                   {"type": "conformer", "dim": 8, "depth": 1, "heads": 2, "ff_mult": 2, "kernel": 3, "stem_width": 4}),
+}
+ENCODERS = {
+    **{kind: TINY_ENCODERS.get(kind, ({"type": kind},) * 2)
+       for kind in sorted(set(ENCODER_REGISTRY["audio"]) | set(ENCODER_REGISTRY["video"]))},
     "mixed": ({"type": "resnet", "width": 4, "layers": [1, 1]},
               {"type": "conformer", "dim": 16, "depth": 1, "heads": 2, "ff_mult": 2, "kernel": 3, "stem_width": 4}),
 }
-FUSIONS = {"late": {}, "sum": {}, "film": {}, "gated": {"hidden": 8}, "mid": {"hidden": 8},
-           "transformer": {"dim": 8, "depth": 1, "heads": 2, "ff_mult": 2}}
-# fusion parameter names (under "fusion.") in each balancing group
+TINY_FUSIONS = {"gated": {"hidden": 8}, "mid": {"hidden": 8}, "transformer": {"dim": 8, "depth": 1, "heads": 2,
+                                                                              "ff_mult": 2}}
+FUSIONS = {name: TINY_FUSIONS.get(name, {}) for name in FUSION_REGISTRY}
+# fusion parameter names (under "fusion.") in each balancing group: every registered fusion must say
 FUSION_GROUPS = {
     "late": {"audio": {"weights.audio.weight"}, "video": {"weights.video.weight"}, "shared": {"bias"}},
     "sum": {"audio": set(), "video": set(), "shared": set()},
@@ -28,7 +37,13 @@ FUSION_GROUPS = {
             "shared": {"bias", "mlp.2.weight", "mlp.2.bias", "mlp.5.weight", "mlp.5.bias"}},
     "transformer": {"audio": {"project.audio.weight", "project.audio.bias"},
                     "video": {"project.video.weight", "project.video.bias"}, "shared": None},  # None: the rest
+    "prob-mean": {"audio": set(), "video": set(), "shared": set()},  # no parameters of its own
 }
+
+
+def test_the_tables_name_only_registered_entries():
+    assert set(TINY_ENCODERS) <= set(ENCODER_REGISTRY["audio"]) & set(ENCODER_REGISTRY["video"])
+    assert set(TINY_FUSIONS) <= set(FUSION_REGISTRY) and set(FUSION_GROUPS) <= set(FUSION_REGISTRY)
 
 
 def tiny(encoder: str = "resnet", fusion: str = "late", classes: int = 3):
@@ -66,6 +81,7 @@ def test_param_groups_are_disjoint_complete_and_explicit(fusion):
     assert len(ids) == len(set(ids)) == len(names), "groups must cover every parameter exactly once"
     by_group = {g: {names[id(p)] for p in ps} for g, ps in groups.items()}
     fusion_names = {n.removeprefix("fusion.") for n in names.values() if n.startswith("fusion.")}
+    assert fusion in FUSION_GROUPS, f"fusion {fusion!r} is registered: add its parameter groups to FUSION_GROUPS"
     for g, expected in FUSION_GROUPS[fusion].items():
         got = {n.removeprefix("fusion.") for n in by_group[g] if n.startswith("fusion.")}
         if expected is None:  # transformer: everything not in a modality's projection is shared

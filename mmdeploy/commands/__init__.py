@@ -1,1 +1,2 @@
-"""CLI commands, one module per area; each exposes `register(app, data_app)`."""
+"""CLI commands, one module per area; each exposes `register(app)` (`register(data_app)` for the ones
+under `mmdeploy data`)."""

@@ -17,7 +17,7 @@ class Engine(str, enum.Enum):
     ray = "ray"
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     """Add `batch` to the app."""
 
     @app.command()

@@ -16,7 +16,7 @@ class Backend(str, enum.Enum):
     tensorrt = "tensorrt"
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     """Add `classify` to the app."""
 
     @app.command()

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(data_app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
     @data_app.command()

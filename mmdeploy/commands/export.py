@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     """Add `export` and `doctor` to the app."""
 
     @app.command()

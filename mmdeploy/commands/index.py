@@ -37,7 +37,7 @@ def _run(name: str, root: Path, out: Path, strict: bool, build: Callable) -> Non
         typer.echo(f"{suffix}: {sidecar_path(path, suffix)}")
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(data_app: typer.Typer) -> None:
     """Add `data index cremad|ave|ucf101`."""
     index_app = typer.Typer(no_args_is_help=True, help="Index a real dataset tree into a manifest CSV.")
     data_app.add_typer(index_app, name="index")

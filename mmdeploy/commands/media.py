@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     """Add `inspect` to the app."""
 
     @app.command()

@@ -18,7 +18,7 @@ def serve_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
 
 
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     """Add `serve` to the app."""
 
     @app.command()
