@@ -180,3 +180,39 @@ def test_metric_functions_by_hand():
     # one sample per bin: mean |correct - confidence| = (0.1 + 0.62 + 0.3 + 0.2) / 4
     assert abs(expected_calibration_error(probs, torch.tensor([0, 1, 1, 1])) - 0.305) < 1e-6
     assert expected_calibration_error(torch.tensor([[0.95, 0.05]] * 20), torch.tensor([0] * 19 + [1])) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(__import__("mmdeploy.balance", fromlist=["METHODS"]).METHODS))
+def test_every_method_trains_evaluates_exports_and_classifies(name, recipe, synth_manifest, tmp_path, monkeypatch,
+                                                              capsys):
+    """The registry end to end: each method trains (two-stage ones: one epoch per stage) into a bundle that
+    `eval` reproduces, exports to ONNX within the parity tolerance, and classifies a clip with ONNX Runtime;
+    the fused probabilities it reports are the exported graph's (for the ensemble: the mean of the heads')."""
+    from mmdeploy.cli import main
+    from mmdeploy.data.manifest import read_manifest
+    from mmdeploy.evaluate import evaluate, rounded
+    from mmdeploy.export import export
+
+    sets = ["method.permutations=2"] if name == "mcr" else []
+    run = train(recipe, tmp_path / name, method=name, overrides=sets, quiet=True)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["method"]["name"] == name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if name.startswith("pretrain-"):
+        assert [r["stage"] for r in rows] == [1, 2] and meta["metrics"]["best_epoch"] == 2
+    assert {"split": "test", **rounded(meta["metrics"]["test"])} == evaluate(run, "test")
+    summary = export(run)
+    assert Path(summary["onnx"]).is_file()
+    clip = next(it.path for it in read_manifest(synth_manifest).items if it.split == "test")
+    monkeypatch.setattr(sys, "argv", ["mmdeploy", "classify", str(clip), "--model", str(run), "--backend",
+                                      "onnxruntime", "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code in (0, None)
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["backend"].startswith("onnxruntime") and result["label"] in meta["classes"]
+    assert sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    if name == "ensemble":
+        heads = result["per_modality"]
+        for c, p in result["probs"].items():
+            assert p == pytest.approx((heads["audio"]["probs"][c] + heads["video"]["probs"][c]) / 2, abs=2e-6)
