@@ -7,10 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
+from mmdeploy import runtime
 from mmdeploy.errors import BackendUnavailable
 from tests.test_export import _main
 
 CLASSES = ["alpha", "beta", "gamma", "delta"]
+
 GPU_BACKENDS = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "torch-cuda")
 
 
@@ -124,6 +126,32 @@ def test_onnxruntime_and_torch_predict_the_same_probabilities(run, cpu_only, bat
         assert a[key].shape == (batch, 4) and a[key].dtype == np.float32
         np.testing.assert_allclose(a[key].sum(1), 1.0, atol=1e-5)
         np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", runtime.BACKENDS)
+def test_every_registered_backend_predicts_like_torch_cpu(run, name):
+    """One test per registry entry (timm's habit): where the backend can run here (its check, then its
+    exported files), it gives the reference's probabilities; elsewhere it says why, in one line."""
+    from mmdeploy.runtime import REGISTRY, backend_reasons, load_predictor
+
+    backend = REGISTRY[name]
+    assert set(backend.needs) <= set(runtime.NEEDS) and name in runtime.CHECKS
+    reason = backend_reasons(run, (name,))[name]
+    if reason is not None:
+        assert reason.strip() and "\n" not in reason
+        pytest.skip(f"{name}: {reason}")
+    tolerance = 5e-2 if "fp16" in name or name == "tensorrt" else 1e-4
+    predictor, reference = load_predictor(run, name), load_predictor(run, "torch-cpu")
+    audio, video = inputs(predictor.spec, 3, seed=7)
+    a, b = predictor.predict(audio, video), reference.predict(audio, video)
+    for key in ("fused", "audio", "video"):
+        assert a[key].shape == (3, 4)
+        np.testing.assert_allclose(a[key], b[key], atol=tolerance)
+
+
+def test_auto_order_names_registered_backends():
+    assert set(runtime.AUTO_ORDER) <= set(runtime.REGISTRY)
+    assert all(set(f) <= set(runtime.REGISTRY) for f in runtime.FAMILIES.values())
 
 
 def test_batches_over_max_batch_run_in_chunks(run, cpu_only):

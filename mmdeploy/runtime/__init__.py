@@ -1,31 +1,32 @@
 """Predictor backends and `load_predictor(run, backend="auto")`.
 
-`auto` takes the first usable of AUTO_ORDER: TensorRT -> ONNX Runtime CUDA -> torch CUDA fp16 ->
-ONNX Runtime CPU -> torch CPU. ONNX Runtime and TensorRT need files made by `mmdeploy export` (RUN/export/
-model.onnx exported from the bundle's current weights, a matching engine); when they are missing or stale,
-`auto` skips that backend with the reason (it never exports on the fly: exporting takes a while and checks
-parity, which is the export command's job).
+Backends are entries of REGISTRY (name -> Backend: the library/device check, the exported files it needs,
+how to build its Predictor); adding a runtime (OpenVINO, an int8 engine) is adding an entry, and the tests
+are parametrized over the registry. `auto` takes the first usable of AUTO_ORDER: TensorRT -> ONNX Runtime
+CUDA -> torch CUDA fp16 -> ONNX Runtime CPU -> torch CPU. ONNX Runtime and TensorRT need files made by
+`mmdeploy export` (RUN/export/model.onnx exported from the bundle's current weights, a matching engine);
+when they are missing or stale, `auto` skips that backend with the reason (it never exports on the fly:
+exporting takes a while and checks parity, which is the export command's job).
 Before any backend runs, the bundle is verified (mmdeploy.bundle: pickle files, weights digest, input
 shapes, classes/spec sealed in the weights; for ONNX Runtime and TensorRT also the ONNX file's digest and
 metadata against model.json): a tampered bundle raises BundleError on every backend, it is never skipped.
-Availability is decided by the functions in CHECKS (library and device) and `artifact_reason`
-(files), so tests can fake them.
+Availability is decided by the functions in CHECKS (library and device, from the registry) and
+`artifact_reason` (files), so tests can fake them.
 """
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmdeploy.errors import BackendUnavailable
 from mmdeploy.runtime.base import Predictor
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS", "Predictor", "backend_reasons", "doctor", "load_predictor",
-           "select_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS", "REGISTRY", "Backend", "Predictor", "backend_reasons", "doctor",
+           "load_predictor", "select_backend"]
 
 ONNX_FILE = "model.onnx"
-AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "onnxruntime-cpu", "torch-cpu")
-BACKENDS = (*AUTO_ORDER, "onnxruntime-tensorrt", "torch-cuda")
 ALIASES = {"trt": "tensorrt", "ort": "onnxruntime", "onnx": "onnxruntime"}
 FAMILIES = {"onnxruntime": ("onnxruntime-cuda", "onnxruntime-cpu"), "torch": ("torch-cuda-fp16", "torch-cpu")}
 
@@ -53,17 +54,6 @@ def _tensorrt_reason() -> str | None:
     from mmdeploy.runtime.trt_files import tensorrt_reason
 
     return tensorrt_reason()
-
-
-CHECKS = {
-    "tensorrt": _tensorrt_reason,
-    "onnxruntime-tensorrt": lambda: _ort_reason("TensorrtExecutionProvider"),
-    "onnxruntime-cuda": lambda: _ort_reason("CUDAExecutionProvider"),
-    "onnxruntime-cpu": lambda: _ort_reason("CPUExecutionProvider"),
-    "torch-cuda-fp16": _cuda_reason,
-    "torch-cuda": _cuda_reason,
-    "torch-cpu": lambda: None,
-}
 
 
 def _engine_path(run: Path) -> Path | None:
@@ -99,20 +89,28 @@ def _onnx_reason(run: Path) -> str | None:
 
 def artifact_reason(name: str, run: Path) -> str | None:
     """Why the run lacks the files `name` needs (only called once the library check passed)."""
-    if name.startswith("onnxruntime") or name == "tensorrt":
-        reason = _onnx_reason(run)
+    for need in REGISTRY[name].needs:
+        reason = NEEDS[need](run)
         if reason:
             return reason
-    if name == "tensorrt" and _engine_path(run) is None:
+    return None
+
+
+def _engine_reason(run: Path) -> str | None:
+    if _engine_path(run) is None:
         return f"no TensorRT engine in {run / 'export'} for this GPU and TensorRT version; " \
                f"run `mmdeploy export {run} --trt`"
     return None
 
 
-def backend_reasons(run: str | Path | None = None, names: tuple[str, ...] = BACKENDS) -> dict[str, str | None]:
-    """{backend: None if usable, else the reason}; with `run`, also checks the run's exported files."""
+NEEDS = {"onnx": _onnx_reason, "tensorrt-engine": _engine_reason}  # exported files, by what checks them
+
+
+def backend_reasons(run: str | Path | None = None, names: tuple[str, ...] | None = None) -> dict[str, str | None]:
+    """{backend: None if usable, else the reason} (every registered one by default); with `run`, also checks
+    the run's exported files."""
     reasons = {}
-    for name in names:
+    for name in names or BACKENDS:
         reason = CHECKS[name]()
         if reason is None and run is not None:
             reason = artifact_reason(name, Path(run))
@@ -151,26 +149,58 @@ def load_predictor(run: str | Path, backend: str = "auto", graph_batches: tuple[
 
 
 def _build(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
+    return REGISTRY[name].build(name, run, graph_batches, threads)
+
+
+def _build_ort(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
+    from mmdeploy.bundle import verify_bundle
+    from mmdeploy.runtime.ort_backend import OrtPredictor
+
+    meta = verify_bundle(run)  # pickle files, weights digest, shapes, seal: refused before the ONNX runs
+    return OrtPredictor(run / "export" / ONNX_FILE, name, threads, meta=meta)
+
+
+def _build_tensorrt(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
     from mmdeploy.bundle import load_bundle
+    from mmdeploy.runtime.ort_backend import verify_onnx
+    from mmdeploy.runtime.trt_backend import TensorRTPredictor
 
-    if name.startswith("onnxruntime"):
-        from mmdeploy.bundle import verify_bundle
-        from mmdeploy.runtime.ort_backend import OrtPredictor
+    bundle = load_bundle(run, with_model=False)  # verified, like verify_bundle
+    verify_onnx(run / "export" / ONNX_FILE, bundle.meta)  # the engine is named by this file's hash
+    return TensorRTPredictor(_engine_path(run), bundle.classes, bundle.spec)
 
-        meta = verify_bundle(run)  # pickle files, weights digest, shapes, seal: refused before the ONNX runs
-        return OrtPredictor(run / "export" / ONNX_FILE, name, threads, meta=meta)
-    bundle = load_bundle(run, with_model=name.startswith("torch"))  # verified, like verify_bundle
-    if name == "tensorrt":
-        from mmdeploy.runtime.ort_backend import verify_onnx
-        from mmdeploy.runtime.trt_backend import TensorRTPredictor
 
-        verify_onnx(run / "export" / ONNX_FILE, bundle.meta)  # the engine is named by this file's hash
-        return TensorRTPredictor(_engine_path(run), bundle.classes, bundle.spec)
+def _build_torch(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
+    from mmdeploy.bundle import load_bundle
     from mmdeploy.runtime.torch_backend import TorchPredictor
 
+    bundle = load_bundle(run, with_model=True)  # verified
     device = "cpu" if name == "torch-cpu" else "cuda"
     return TorchPredictor(bundle.model, bundle.classes, bundle.spec, device=device, fp16=name == "torch-cuda-fp16",
                           graph_batches=graph_batches if device == "cuda" else ())
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One runtime: `check()` -> None if its library and device are usable here, else why not; `needs`: the
+    exported files it runs (keys of NEEDS); `build(name, run, graph_batches, threads)` -> its Predictor."""
+    check: Callable[[], str | None]
+    build: Callable[[str, Path, tuple[int, ...], int | None], Predictor]
+    needs: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, Backend] = {
+    "tensorrt": Backend(_tensorrt_reason, _build_tensorrt, ("onnx", "tensorrt-engine")),
+    "onnxruntime-cuda": Backend(lambda: _ort_reason("CUDAExecutionProvider"), _build_ort, ("onnx",)),
+    "torch-cuda-fp16": Backend(_cuda_reason, _build_torch),
+    "onnxruntime-cpu": Backend(lambda: _ort_reason("CPUExecutionProvider"), _build_ort, ("onnx",)),
+    "torch-cpu": Backend(lambda: None, _build_torch),
+    "onnxruntime-tensorrt": Backend(lambda: _ort_reason("TensorrtExecutionProvider"), _build_ort, ("onnx",)),
+    "torch-cuda": Backend(_cuda_reason, _build_torch),
+}
+AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "onnxruntime-cpu", "torch-cpu")
+BACKENDS = tuple(REGISTRY)
+CHECKS = {name: backend.check for name, backend in REGISTRY.items()}  # tests fake availability here
 
 
 def _version(module: str) -> str | None:

@@ -4,13 +4,13 @@ Classes and ClipSpec come from the ONNX metadata, so this backend needs no PyTor
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mmdeploy.errors import MmdeployError
 from mmdeploy.runtime.base import OUTPUT_NAMES, OUTPUTS, Predictor
+from mmdeploy.settings import cpu_count
 from mmdeploy.spec import ClipSpec
 
 BACKEND_PROVIDERS = {"onnxruntime-cpu": ("CPUExecutionProvider",),
@@ -20,8 +20,8 @@ BACKEND_PROVIDERS = {"onnxruntime-cpu": ("CPUExecutionProvider",),
 
 
 def cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """CPU cores this process may run on (settings.cpu_count: its affinity)."""
+    return cpu_count()
 
 
 def usable_providers(wanted: tuple[str, ...]) -> tuple[str, ...]:
