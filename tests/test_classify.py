@@ -447,7 +447,7 @@ def test_window_field_says_what_was_classified(clips, predictor, tmp_path):
 # ---- untrusted files: errors from inside PyAV, decoder crashes, hangs ---------------------------------
 @pytest.mark.parametrize("call", ["probe", "decode_window", "iter_windows"])
 def test_any_exception_from_pyav_becomes_media_error(clips, predictor, monkeypatch, call):
-    """The issue's IndexError from av/container/streams.py (reached from media.py) leaves every public
+    """The issue's IndexError from av/container/streams.py (reached from mmdeploy/media) leaves every public
     media function as MediaError naming the file, never as a traceback."""
     import mmdeploy.media as media
 

@@ -1,4 +1,4 @@
-"""media.py: real clips from ../shared/media decode as their README says; generated clips prove sync,
+"""mmdeploy.media: real clips from ../shared/media decode as their README says; generated clips prove sync,
 rotation, streaming and clear errors on broken files."""
 from __future__ import annotations
 
