@@ -336,10 +336,10 @@ def iter_isolated(path, spec, window: float | None = None, hop: float | None = N
 def run_jobs(fn: Callable, jobs: Iterable[tuple], workers: int, timeout: float | None = DECODE_TIMEOUT_S,
              depth: int = 2) -> Iterator[list[tuple[tuple, bool, Any]]]:
     """fn(*args) for each args in `jobs` on `workers` workers -> lists of (args, True, value) or (args,
-    False, reason), in completion order, one list per wake-up (what finished together). Each worker holds up to `depth` jobs (the next one starts while the
-    parent reads an answer); jobs run in order, so a dead worker's first unanswered job is the one that
-    killed it: it fails, the others go back in the queue. The deadline runs from a job's start (the
-    previous answer, or its send)."""
+    False, reason), in completion order, one list per wake-up (what finished together). Each worker holds
+    up to `depth` jobs (the next one starts while the parent reads an answer); jobs run in order, so a dead
+    worker's first unanswered job is the one that killed it: it fails, the others go back in the queue.
+    The deadline runs from a job's start (the previous answer, or its send)."""
     todo = collections.deque(jobs)
     pool: dict[Worker, collections.deque] = {}
     started: dict[Worker, float] = {}

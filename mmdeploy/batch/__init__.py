@@ -3,9 +3,9 @@
 INPUT is a folder (searched recursively), a glob, a media file, or a manifest (.csv / .parquet with a
 `path` column; relative paths are read from the manifest's folder; every other column is carried into
 the results, renamed `input_<name>` where it would clash with a result field). RESULTS is a folder of
-Parquet parts (`part-*.parquet`, one schema: `parquet.schema()`, the result shape of mmdeploy/results.py) plus `_batch.json` (the options the results
-were made with); any Parquet reader opens the folder as one table (files starting with `_` or `.`
-are not data).
+Parquet parts (`part-*.parquet`, one schema: `parquet.schema()`, the result shape of mmdeploy/results.py)
+plus `_batch.json` (the options the results were made with); any Parquet reader opens the folder as one
+table (files starting with `_` or `.` are not data).
 
 One row per file (or, with --window/--hop, one row per window; the rows of a file share its
 `file_id`), with the fields of `mmdeploy classify --json` (`file` is called `path` here, as absolute

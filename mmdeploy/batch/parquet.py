@@ -27,7 +27,7 @@ def schema(carried=None):
     from mmdeploy.results import arrow_fields
 
     key = [pa.field("path", pa.string()),       # absolute path (classify's `file`)
-           pa.field("file_id", pa.string()),    # 16 hex: hash of path, size, mtime_ns (one id for all windows of a file)
+           pa.field("file_id", pa.string()),    # 16 hex: hash of path, size, mtime_ns (all windows of a file)
            pa.field("size", pa.int64()),
            pa.field("mtime_ns", pa.int64()),
            pa.field("model_id", pa.string())]   # the bundle's weights sha256 (16 hex)
