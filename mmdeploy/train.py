@@ -392,7 +392,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
             for batch in train_loader:
                 audio, video = batch["audio"].to(device), batch["video"].to(device)
                 labels = batch["label"].to(device)
-                lr = learning_rate(state.step, cfg.optimizer.lr, cfg.schedule, total_steps)
+                lr = balancer.lr_factor(epoch) * learning_rate(state.step, cfg.optimizer.lr, cfg.schedule, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 outputs, loss, logs = train_step(net, model, balancer, optimizer, audio, video, labels, epoch)

@@ -204,3 +204,6 @@ def test_pretrain_epochs_must_leave_a_second_stage():
     with pytest.raises(ConfigError, match=r"method\.finetune_params"):
         build_method("pretrain-finetune", finetune_params={"alpha": 1.0})   # joint takes none
     assert build_method("pretrain-finetune", finetune="mlb", finetune_params={"alpha": 0.5}).inner.alpha == 0.5
+    slow = build_method("pretrain-finetune", pretrain_epochs=1, finetune_lr_scale=0.1)
+    slow.setup(build_model(TINY, 3), 3)
+    assert [slow.lr_factor(e) for e in range(3)] == [1.0, 0.1, 0.1] and build_method("mlb").lr_factor(0) == 1.0

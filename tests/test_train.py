@@ -147,6 +147,31 @@ def test_resume_after_kill_gives_the_same_weights(recipe, run, tmp_path, monkeyp
     assert (run / "steps.jsonl").read_text() == (resumed / "steps.jsonl").read_text()
 
 
+def test_two_stage_run_resumed_at_the_stage_boundary_matches_the_uninterrupted_one(recipe, tmp_path, monkeypatch):
+    """pretrain-finetune (stage 1: epoch 1, stage 2: epoch 2) killed right after the stage-1 checkpoint and
+    resumed: the same weights, optimizer state and logs as the run that went through; both stages logged."""
+    sets = ["method.pretrain_epochs=1", "method.finetune_lr_scale=0.5"]
+    whole = train(recipe, tmp_path / "whole", method="pretrain-finetune", overrides=sets, quiet=True)
+    real = training.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "killed", method="pretrain-finetune", overrides=sets, quiet=True)
+    monkeypatch.setattr(training, "save_checkpoint", real)
+    resumed = train(recipe, tmp_path / "killed", method="pretrain-finetune", overrides=sets, resume=True, quiet=True)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert same(weights(whole / "checkpoint" / name), weights(resumed / "checkpoint" / name))
+    assert (whole / "steps.jsonl").read_text() == (resumed / "steps.jsonl").read_text()
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["best"]) for r in rows] == [(1, False), (2, True)]
+    assert rows[1]["lr"] == pytest.approx(0.5 * rows[0]["lr"])
+    assert (resumed / "plots" / "accuracy.png").is_file()
+
+
 def test_other_method_starts_from_its_own_defaults(recipe, tmp_path):
     out = train(recipe, tmp_path / "joint", method="joint", overrides=["train.epochs=1"], quiet=True)
     assert json.loads((out / "model.json").read_text())["method"] == {"name": "joint"}

@@ -91,6 +91,10 @@ class Joint:
         """Whether `epoch` may become the bundle (a pre-training stage's fused head is not the model)."""
         return True
 
+    def lr_factor(self, epoch: int) -> float:
+        """Factor on the schedule's learning rate during `epoch` (stage 2 of a two-stage method)."""
+        return 1.0
+
     def state_dict(self) -> dict[str, Any]:
         """Running statistics for an exact --resume (tensors and plain values)."""
         return {}

@@ -31,7 +31,7 @@ from torch import nn
 
 from mmdeploy.balance.basic import Joint, unimodal_loss
 from mmdeploy.balance.core import Outputs, Params, unwrap
-from mmdeploy.balance.staged import Staged, resolve_pretrain_epochs
+from mmdeploy.balance.staged import LR_SCALE, Staged, resolve_pretrain_epochs
 from mmdeploy.errors import ConfigError
 
 GAMES = {"greedy": -1.0, "independent": 0.0, "collaborative": 1.0}
@@ -141,6 +141,7 @@ class MCRParams(Params):
     ceb: float = Field(0.0, ge=0, description="a number >= 0 (weight of the reconstruction term)")
     pretrain_epochs: int = Field(0, ge=0, description="an integer >= 0, below train.epochs (unimodal pre-training "
                                                       "epochs before MCR; 0: none)")
+    finetune_lr_scale: float = LR_SCALE
 
 
 class MCR(Staged, Joint):

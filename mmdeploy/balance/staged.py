@@ -11,9 +11,9 @@ weights, with
 
 One run folder holds both stages: metrics.jsonl rows carry `stage`, the plots mark the boundary, and only
 stage-2 epochs can become the bundle (a stage-1 fused head is untrained). The optimizer's moments are
-cleared when stage 2 starts (a fresh optimizer over the same tensors; the learning-rate schedule runs on),
-at the start of epoch E1 itself, so a run resumed from the checkpoint at the stage boundary continues
-exactly like the uninterrupted one.
+cleared when stage 2 starts (a fresh optimizer over the same tensors), at the start of epoch E1 itself, so
+a run resumed from the checkpoint at the stage boundary continues exactly like the uninterrupted one. The
+learning-rate schedule runs on through both stages, times `finetune_lr_scale` in stage 2.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from mmdeploy.balance.core import Outputs, Params, drop_grads, unimodal_params, 
 from mmdeploy.errors import ConfigError
 
 PRETRAIN_EPOCHS = Field(None, ge=1, description="null (half of train.epochs) or an integer >= 1, below train.epochs")
+LR_SCALE = Field(1.0, gt=0, description="a number > 0 (stage 2's learning rate = the schedule's x this; the "
+                                        "paper pre-trains at 1e-3 and fine-tunes at 1e-4: 0.1)")
 
 
 def resolve_pretrain_epochs(method: str, value: int | None, epochs: int, allow_zero: bool = False) -> int:
@@ -45,6 +47,7 @@ class Staged:
 
     pretrain: int = 0
     epoch: int = 0
+    finetune_lr_scale: float = 1.0
 
     def in_pretraining(self) -> bool:
         return self.epoch < self.pretrain
@@ -54,6 +57,9 @@ class Staged:
 
     def selectable(self, epoch: int) -> bool:
         return epoch >= self.pretrain
+
+    def lr_factor(self, epoch: int) -> float:
+        return self.finetune_lr_scale if self.pretrain and epoch >= self.pretrain else 1.0
 
     def begin_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
         self.epoch = epoch
@@ -71,6 +77,7 @@ class FinetuneParams(Params):
     finetune: Literal["joint", "mlb"] = Field("joint", description="joint or mlb (the stage-2 method)")
     finetune_params: dict[str, Any] = Field(default_factory=dict,
                                             description="the stage-2 method's parameters, e.g. {alpha: 0.8}")
+    finetune_lr_scale: float = LR_SCALE
 
 
 class PretrainFinetune(Staged, Joint):
@@ -111,6 +118,7 @@ class PretrainFinetune(Staged, Joint):
 
 class FrozenParams(Params):
     pretrain_epochs: int | None = PRETRAIN_EPOCHS
+    finetune_lr_scale: float = LR_SCALE
 
 
 class PretrainFrozen(Staged, Joint):
