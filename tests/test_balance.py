@@ -208,8 +208,8 @@ def test_bad_method_config_names_the_key(name, params, key):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_registered_method_validates_steps_and_resumes(name):
-    """Every entry of the registry: defaults are valid, an unknown key and a string where a number belongs
-    name the key, integers pass where floats are meant; three optimizer steps over a stage boundary (epochs
+    """Every entry of the registry: defaults are valid, an unknown key and a word where a number belongs
+    name the key, integers and "1e-4" (a YAML 1.1 reader's string) pass where floats are meant; three optimizer steps over a stage boundary (epochs
     0, 1 of 2) give a finite loss, finite gradients, float logs and moving weights; the method's running
     state round-trips through state_dict (as --resume stores it)."""
     with pytest.raises(ConfigError, match=r"method\.bogus: not a parameter of"):
@@ -217,7 +217,10 @@ def test_every_registered_method_validates_steps_and_resumes(name):
     for key, field in METHODS[name].Params.model_fields.items():
         if field.annotation in (float, float | None):
             with pytest.raises(ConfigError, match=rf"method\.{key}: {name} needs"):
-                build_method(name, **{key: "1e-4"})
+                build_method(name, **{key: "high"})
+            if not field.metadata or all(getattr(c, "gt", None) in (None, 0) and getattr(c, "ge", None) in (None, 0)
+                                         and getattr(c, "lt", 1) >= 1e-4 for c in field.metadata):
+                assert getattr(build_method(name, **{key: "1e-4"}), key) == 1e-4    # YAML 1.1 leaves it a string
             if isinstance(field.default, float) and field.default.is_integer():  # e.g. 10.0 written as 10
                 value = build_method(name, **{key: int(field.default)})
                 assert getattr(value, key) == field.default and isinstance(getattr(value, key), float)

@@ -5,16 +5,19 @@ groups come from `model.param_groups()` (read once per model, DDP's `.module` un
 its encoder + its head + its fusion slice; "shared" (e.g. the fusion bias) is never scaled.
 
 Method parameters are validated by one pydantic model per method (`Params` subclasses): unknown keys,
-wrong types and out-of-range values raise ConfigError naming `method.<key>` and what it needs; YAML
-numbers such as `1e-4` arrive as floats (the recipe loader parses them), integers are accepted where a
-float is meant, booleans and strings never are.
+wrong types and out-of-range values raise ConfigError naming `method.<key>` and what it needs; numbers
+such as `1e-4` are floats (also when a YAML 1.1 reader left them as the string "1e-4"), integers are
+accepted where a float is meant, booleans and other strings never are.
 """
 from __future__ import annotations
 
+import re
+import types
+import typing
 from typing import Any, Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
 from mmdeploy.errors import ConfigError
@@ -110,10 +113,27 @@ def unimodal_params(core: nn.Module) -> list[torch.Tensor]:
 
 # ---------------------------------------------------------------- parameter checks
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _takes_float(annotation: Any) -> bool:
+    return annotation is float or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+                                   and float in typing.get_args(annotation))
+
+
 class Params(BaseModel):
-    """Base of a method's parameter model: unknown keys refused, no type coercion (but int -> float)."""
+    """Base of a method's parameter model: unknown keys refused, no type coercion except int -> float and
+    a number in scientific notation left as a string by a YAML 1.1 reader ("1e-4" -> 0.0001)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scientific_floats(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {k: float(v) if isinstance(v, str) and _SCIENTIFIC.match(v.strip()) and k in cls.model_fields
+                and _takes_float(cls.model_fields[k].annotation) else v for k, v in data.items()}
 
 
 def check_params(method: str, schema: type[Params], params: dict[str, Any]) -> Params:
