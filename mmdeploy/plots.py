@@ -74,7 +74,7 @@ def plot_comparison(summary: dict[str, Any], path: str | Path, reference: str | 
         for i, m in enumerate(methods):
             e = summary[m][key]
             x = i + (j - 1) * width
-            lo, hi = e["ci"]
+            lo, hi = max(0.0, e["ci"][0]), min(1.0, e["ci"][1])
             untrained = key != "fused_acc" and not summary[m]["heads_trained"]
             ax.bar(x, 100 * e["mean"], width, color=colour, alpha=0.35 if untrained else 0.9,
                    hatch="//" if untrained else None, label=label if i == 0 else None)

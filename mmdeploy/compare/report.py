@@ -77,10 +77,12 @@ def markdown(result: dict[str, Any]) -> str:
         vs = f.get("vs_reference")
         tests = ["—", "—", "—"] if vs is None else [f"{100 * vs['diff']:+.1f}", _p(vs["p_t"]) + (" *" if vs["p_t"] < ALPHA else ""),
                                                     _p(vs["p_wilcoxon"]) + (" *" if vs["p_wilcoxon"] < ALPHA else "")]
-        lines.append(f"| {m} | {_pct(f['mean'])} ± {_pct(f['std'])} | [{_pct(f['ci'][0])}, {_pct(f['ci'][1])}] | "
+        lo, hi = max(0.0, f["ci"][0]), min(1.0, f["ci"][1])  # accuracy lives in [0, 1]; CSV/JSON keep the raw t-interval
+        lines.append(f"| {m} | {_pct(f['mean'])} ± {_pct(f['std'])} | [{_pct(lo)}, {_pct(hi)}] | "
                      f"{heads[0]} | {heads[1]} | {s['macro_f1']['mean']:.3f} | {s['ece']['mean']:.3f} | " + " | ".join(tests) + " |")
     lines += ["", f"{n} seeds per method (0..{n - 1}), same splits; test split at the best validation epoch. "
-              f"* = p < {ALPHA} (two-sided, paired by seed, fused accuracy vs {ref}). The exact Wilcoxon test "
+              f"* = p < {ALPHA} (two-sided, paired by seed, fused accuracy vs {ref}). 95 % CI: Student t over "
+              f"seeds, clipped to [0, 100]. The exact Wilcoxon test "
               f"cannot go below p = {2 / 2 ** n:.4f} with {n} seeds."]
     lines += ["", *verdicts(result)]
     return "\n".join(lines) + "\n"
@@ -108,6 +110,8 @@ def verdicts(result: dict[str, Any]) -> list[str]:
                 word = "beats"
             elif diff > 0:
                 word = "does not significantly beat"
+            elif p < ALPHA:
+                word = "does not beat (significantly worse than)"
             else:
                 word = "does not beat"
             out.append(f"MLB {word} {base}: {100 * diff:+.1f} points, paired t p = {_p(p)}.")
