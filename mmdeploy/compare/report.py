@@ -84,8 +84,26 @@ def markdown(result: dict[str, Any]) -> str:
               f"* = p < {ALPHA} (two-sided, paired by seed, fused accuracy vs {ref}). 95 % CI: Student t over "
               f"seeds, clipped to [0, 100]. The exact Wilcoxon test "
               f"cannot go below p = {2 / 2 ** n:.4f} with {n} seeds."]
-    lines += ["", *verdicts(result)]
+    lines += ["", *verdicts(result), "", *all_metrics(result)]
     return "\n".join(lines) + "\n"
+
+
+def all_metrics(result: dict[str, Any]) -> list[str]:
+    """Every metric as mean ± std [95 % CI] (accuracies in %), with the paired t p-value vs the reference."""
+    summary, ref = result["summary"], result["reference"]
+    lines = [f"All metrics, mean ± std [95 % CI] (paired t p vs {ref}):", "",
+             "| method | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
+    for m, s in summary.items():
+        cells = []
+        for key in METRICS:
+            e, scale = s[key], (100 if key.endswith("_acc") else 1)
+            lo, hi = max(0.0, e["ci"][0]), min(1.0, e["ci"][1])
+            fmt = (lambda v: f"{scale * v:.1f}") if scale == 100 else (lambda v: f"{v:.3f}")
+            vs = e.get("vs_reference")
+            cells.append(f"{fmt(e['mean'])} ± {fmt(e['std'])} [{fmt(lo)}, {fmt(hi)}]"
+                         + ("" if vs is None else f" (p {_p(vs['p_t'])})"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def verdicts(result: dict[str, Any]) -> list[str]:
