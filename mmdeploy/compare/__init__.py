@@ -8,7 +8,8 @@
 
 Every method sees the same manifest (so the same splits) and the same seeds 0..N-1; only the method
 changes. A run that finished is skipped, a run with a checkpoint is resumed, so a killed compare picks up
-where it stopped without retraining finished runs. `jobs` > 1 trains that many runs at once in separate
+where it stopped without retraining finished runs (runs are keyed by method and seed only: after changing
+the recipe or the overrides, use a new `out`). `jobs` > 1 trains that many runs at once in separate
 processes (torch threads split between them).
 """
 from __future__ import annotations
