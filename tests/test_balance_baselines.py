@@ -140,7 +140,8 @@ def test_mcr_loss_is_its_terms_and_logs_permutation_importance():
     feats = [out["features"]["audio"], out["features"]["video"]]
     want = (F.cross_entropy(out["fused"], labels) + 0.01 * (F.cross_entropy(out["audio"], labels)
             + F.cross_entropy(out["video"], labels)) + 0.1 * game_loss(out["mcr"], ["audio", "video"], "greedy")
-            + supervised_contrastive(feats, labels, 0.1) + 0.5 * ceb_reconstruction(method.decoder, out["fused"], feats))
+            + supervised_contrastive(feats, labels, 0.1)
+            + 0.5 * ceb_reconstruction(method.decoder, out["fused"], feats))
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     # greedy: J(n | m) has one value for every m, so the game's value is 0 and only its gradients act
     assert game_loss(out["mcr"], ["audio", "video"], "greedy").item() == pytest.approx(0.0, abs=1e-6)

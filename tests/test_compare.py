@@ -82,7 +82,8 @@ def test_killed_compare_resumes_without_retraining_and_writes_the_tables(recipe,
     assert ens["ci"][0] <= ens["mean"] <= ens["ci"][1]
     assert result["summary"]["joint"]["heads_trained"] is False and "(untrained)" in table
     rows = list(csv.DictReader(open(out / "compare.csv")))
-    assert len(rows) == 2 * 5 and {r["metric"] for r in rows} == {"fused_acc", "audio_acc", "video_acc", "macro_f1", "ece"}
+    assert len(rows) == 2 * 5
+    assert {r["metric"] for r in rows} == {"fused_acc", "audio_acc", "video_acc", "macro_f1", "ece"}
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "compare.md").read_text()
     assert md.startswith("Command: `mmdeploy compare") and "Machine:" in md and "No method differs" in md or \
@@ -95,12 +96,13 @@ def test_parallel_jobs_train_every_run_once(recipe, tmp_path):
     quick = {**recipe, "train": {**recipe["train"], "epochs": 1}}
     result = compare(quick, ["joint", "multiloss"], seeds=2, out=tmp_path / "par", jobs=2, say=lambda _: None)
     assert all(finished(run_dir(tmp_path / "par", m, s)) for m in ("joint", "multiloss") for s in (0, 1))
-    assert {(r["method"], r["seed"]) for r in result["runs"]} == {(m, s) for m in ("joint", "multiloss") for s in (0, 1)}
+    pairs = {(m, s) for m in ("joint", "multiloss") for s in (0, 1)}
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == pairs
 
 
-@pytest.mark.parametrize("kwargs, key", [({"methods": ["joint"]}, "--methods"), ({"methods": ["joint", "mbl"]}, "--methods"),
-                                         ({"seeds": 1}, "--seeds"), ({"jobs": 0}, "--jobs"),
-                                         ({"per_method": ["mcr.permutations=2"]}, "--method-set")])
+@pytest.mark.parametrize("kwargs, key", [
+    ({"methods": ["joint"]}, "--methods"), ({"methods": ["joint", "mbl"]}, "--methods"), ({"seeds": 1}, "--seeds"),
+    ({"jobs": 0}, "--jobs"), ({"per_method": ["mcr.permutations=2"]}, "--method-set")])
 def test_bad_compare_arguments_name_the_option(recipe, tmp_path, kwargs, key):
     from mmdeploy.compare import compare
     from mmdeploy.errors import ConfigError

@@ -66,8 +66,11 @@ def fuse_through(fusion: nn.Module, inputs: dict[str, torch.Tensor], through: st
     return fusion({m: x if m == through else x.detach() for m, x in inputs.items()})
 
 
+Terms = dict[tuple[str, str | None], torch.Tensor]
+
+
 def perturbed_differences(fusion: nn.Module, inputs: dict[str, torch.Tensor], fused: torch.Tensor,
-                          index: torch.Tensor, collaborative: bool = False) -> dict[tuple[str, str | None], torch.Tensor]:
+                          index: torch.Tensor, collaborative: bool = False) -> Terms:
     """{(permuted n, through m): J} with J = JSD(fusion of inputs with n's rows taken in `index` order and
     the others repeated, fused prediction repeated). `index` holds S permutations of the batch ([S*B]).
     collaborative: only through=None terms (no branch detached)."""
@@ -83,7 +86,7 @@ def perturbed_differences(fusion: nn.Module, inputs: dict[str, torch.Tensor], fu
     return terms
 
 
-def game_loss(terms: dict[tuple[str, str | None], torch.Tensor], modalities: list[str], game: str) -> torch.Tensor:
+def game_loss(terms: Terms, modalities: list[str], game: str) -> torch.Tensor:
     """L_MIPD of the game: greedy / independent: sum_m [-J(m|m) - k sum_{n != m} J(n|m)], k = -1 / 0;
     collaborative: -sum_n J(n | no branch detached)."""
     if game == "collaborative":

@@ -81,7 +81,8 @@ def method_sets(items: list[str], methods: list[str]) -> dict[str, list[str]]:
     for item in items:
         name, dot, rest = item.partition(".")
         if not dot or name not in out or "=" not in rest:
-            raise ConfigError(f"--method-set {item!r}: expected METHOD.key=value with METHOD one of {', '.join(methods)}")
+            raise ConfigError(f"--method-set {item!r}: expected METHOD.key=value with METHOD one of "
+                              f"{', '.join(methods)}")
         out[name].append(f"method.{rest}")
     return out
 
@@ -103,8 +104,8 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, {gpu}, {platform.system()} {platform.release()}, torch {torch.__version__}"
 
 
-def compare(recipe: str | Path, methods: list[str] | str = DEFAULT_METHODS, seeds: int = 5, out: str | Path = "runs/compare",
-            jobs: int = 1, overrides: list[str] | tuple[str, ...] = (), per_method: list[str] | tuple[str, ...] = (),
+def compare(recipe: str | Path, methods: list[str] | str = DEFAULT_METHODS, seeds: int = 5,
+            out: str | Path = "runs/compare", jobs: int = 1, overrides: list[str] | tuple[str, ...] = (), per_method: list[str] | tuple[str, ...] = (),
             say: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
     """Train (or reuse) every method x seed, then write compare.{json,csv,md,png} under `out`; returns the
     summary dict that compare.json holds."""

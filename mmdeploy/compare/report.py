@@ -25,9 +25,11 @@ def collect(out: Path, methods: list[str], seeds: int) -> list[dict[str, Any]]:
             test = meta["metrics"]["test"]
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             rows.append({"method": method, "seed": seed, "run": str(run), "best_epoch": meta["metrics"]["best_epoch"],
-                         "val_fused_acc": meta["metrics"]["val"]["fused_acc"], "train_s": round(sum(e["time_s"] for e in epochs), 1),
+                         "val_fused_acc": meta["metrics"]["val"]["fused_acc"],
+                         "train_s": round(sum(e["time_s"] for e in epochs), 1),
                          "fused_acc": test["fused_acc"], "audio_acc": test["per_modality_acc"]["audio"],
-                         "video_acc": test["per_modality_acc"]["video"], "macro_f1": test["macro_f1"], "ece": test["ece"]})
+                         "video_acc": test["per_modality_acc"]["video"], "macro_f1": test["macro_f1"],
+                         "ece": test["ece"]})
     return rows
 
 
@@ -75,11 +77,13 @@ def markdown(result: dict[str, Any]) -> str:
         heads = [f"{_pct(s[k]['mean'])} ± {_pct(s[k]['std'])}" + ("" if s["heads_trained"] else " (untrained)")
                  for k in ("audio_acc", "video_acc")]
         vs = f.get("vs_reference")
-        tests = ["—", "—", "—"] if vs is None else [f"{100 * vs['diff']:+.1f}", _p(vs["p_t"]) + (" *" if vs["p_t"] < ALPHA else ""),
-                                                    _p(vs["p_wilcoxon"]) + (" *" if vs["p_wilcoxon"] < ALPHA else "")]
-        lo, hi = max(0.0, f["ci"][0]), min(1.0, f["ci"][1])  # accuracy lives in [0, 1]; CSV/JSON keep the raw t-interval
+        star = {True: " *", False: ""}
+        tests = ["—", "—", "—"] if vs is None else [f"{100 * vs['diff']:+.1f}", _p(vs["p_t"]) + star[vs["p_t"] < ALPHA],
+                                                    _p(vs["p_wilcoxon"]) + star[vs["p_wilcoxon"] < ALPHA]]
+        lo, hi = max(0.0, f["ci"][0]), min(1.0, f["ci"][1])  # accuracy lives in [0, 1]; CSV/JSON keep the raw interval
         lines.append(f"| {m} | {_pct(f['mean'])} ± {_pct(f['std'])} | [{_pct(lo)}, {_pct(hi)}] | "
-                     f"{heads[0]} | {heads[1]} | {s['macro_f1']['mean']:.3f} | {s['ece']['mean']:.3f} | " + " | ".join(tests) + " |")
+                     f"{heads[0]} | {heads[1]} | {s['macro_f1']['mean']:.3f} | {s['ece']['mean']:.3f} | "
+                     + " | ".join(tests) + " |")
     lines += ["", f"{n} seeds per method (0..{n - 1}), same splits; test split at the best validation epoch. "
               f"* = p < {ALPHA} (two-sided, paired by seed, fused accuracy vs {ref}). 95 % CI: Student t over "
               f"seeds, clipped to [0, 100]. The exact Wilcoxon test "
@@ -147,10 +151,11 @@ def write_reports(result: dict[str, Any], out: Path) -> None:
         for m, s in result["summary"].items():
             for key in METRICS:
                 e, vs = s[key], s[key].get("vs_reference", {})
+                tests = (f"{vs[k]:.6g}" if k in vs else "" for k in ("diff", "t", "p_t", "w_plus", "p_wilcoxon"))
                 writer.writerow([m, key, e["n"], f"{e['mean']:.6f}", f"{e['std']:.6f}", f"{e['ci'][0]:.6f}",
-                                 f"{e['ci'][1]:.6f}", *(f"{vs[k]:.6g}" if k in vs else "" for k in
-                                                        ("diff", "t", "p_t", "w_plus", "p_wilcoxon")), s["heads_trained"]])
+                                 f"{e['ci'][1]:.6f}", *tests, s["heads_trained"]])
     header = (f"Command: `{result['command']}`  \nDate: {result['date']}  \nMachine: {result['machine']}  \n"
-              f"Recipe: {result['recipe']}" + (f", overrides {result['overrides']}" if result["overrides"] else "") + "\n\n")
+              f"Recipe: {result['recipe']}" + (f", overrides {result['overrides']}" if result["overrides"] else "")
+              + "\n\n")
     (out / "compare.md").write_text(header + markdown(result))
     plot_comparison(result["summary"], out / "compare.png", reference=result["reference"])
