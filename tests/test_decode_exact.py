@@ -84,17 +84,19 @@ def write_video(path: Path, codec: str, options: dict, seconds: float = 4.0, fps
     """Generated video (+ a mono AAC/MP2 tone). durations_ms: variable frame durations, cycled (VFR)."""
     import av
 
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream(codec, rate=fps, options=options)
+    from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
+
+    with av.open(str(path), "w", options=CONTAINER_OPTIONS) as out:
+        vs = out.add_stream(codec, rate=fps, options=encoder_options(codec, options))
         vs.width, vs.height, vs.pix_fmt = size[0], size[1], "yuv420p"
         vs.time_base = vs.codec_context.time_base = Fraction(1, 1000) if durations_ms else Fraction(1, fps)
         if rotation is not None:
             vs.set_display_rotation(rotation)
         acodec = {".mpg": "mp2", ".webm": "libopus"}.get(path.suffix, "aac")
-        aus = out.add_stream(acodec, rate=16000, layout="mono") if audio else None
+        aus = out.add_stream(acodec, rate=16000, layout="mono", options=encoder_options(acodec)) if audio else None
         pts, i, a = 0, 0, 0
         while (pts / 1000 if durations_ms else i / fps) < seconds:
-            frame = av.VideoFrame.from_ndarray(textured(i, size), format="rgb24")
+            frame = video_frame(textured(i, size))
             frame.pts, frame.time_base = (pts, Fraction(1, 1000)) if durations_ms else (i, Fraction(1, fps))
             out.mux(vs.encode(frame))
             pts += durations_ms[i % len(durations_ms)] if durations_ms else 0

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mmdeploy.serving_core import stop_server
-from tests.servers import free_port, wait_ready
+from tests.servers import free_port, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 httpx = pytest.importorskip("httpx")
