@@ -11,7 +11,7 @@ RUN ?= runs/demo
 EXTRAS ?= --extra cpu --extra dev
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check requirements demo test browser clean
+.PHONY: install lock lock-check requirements demo test tools clean
 
 $(UV):
 	@test -x $(UV) || { $(PYTHON) -m venv .uv && .uv/bin/pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"; }
@@ -37,13 +37,16 @@ lock-check: | $(UV)
 	@$(UV) export --frozen --quiet --no-hashes --no-emit-project --extra cpu --no-header | cmp -s - serving/requirements.txt \
 	  || { echo "error: serving/requirements.txt differs from uv.lock; run 'make requirements' and commit it"; exit 1; }
 
-# Headless Chromium for the /ui browser test (Debian's package; playwright drives it, never downloads one).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian's packages the tests drive: headless Chromium for the /ui browser tests (playwright drives it, never
+# downloads one) and the ffmpeg CLI that publishes live test streams (udp/http/stdin/HLS on 127.0.0.1).
+TOOLS := chromium ffmpeg
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "note: could not install chromium; the browser test will be skipped"; \
-	  else echo "note: chromium missing and not root; the browser test will be skipped"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "note: could not install$$missing; the tests that need them will be skipped"; \
+	  else echo "note:$$missing missing and not root; the tests that need them will be skipped"; fi; fi
 
 demo: install
 	$(MM) train synth-cpu --out $(RUN)
@@ -51,7 +54,7 @@ demo: install
 	$(MM) export $(RUN) --onnx
 	$(MM) classify data/synth/clips --model $(RUN) --limit 3
 
-test: lock-check install browser
+test: lock-check install tools
 	$(PY) -m pytest -q
 
 clean:
