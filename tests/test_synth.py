@@ -141,3 +141,24 @@ def test_video_shape_is_bright_over_darker_clutter_and_moves():
     area = bright.sum(axis=(1, 2))
     assert (area > 80).all()  # a square of radius >= 7 px covers ~140 px, less the occluding clutter
     assert not np.array_equal(bright[0], bright[-1])  # it moves
+
+
+def test_data_verify_passes_a_fresh_set_and_names_a_changed_file(tmp_path, monkeypatch, capsys):
+    from mmdeploy import cli
+
+    out = tmp_path / "set"
+    generate(out, clips=4, seed=1, classes=2, workers=1)
+
+    def verify() -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["mmdeploy", "data", "verify", str(out / "manifest.csv")])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        captured = capsys.readouterr()
+        return exit_.value.code, captured.out, captured.err
+
+    code, stdout, _ = verify()
+    assert code == 0 and "4 files match their SHA-256" in stdout
+    changed = sorted((out / "clips").glob("*.mp4"))[2]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    code, _, stderr = verify()
+    assert code == 2 and stderr.startswith(f"error: {changed}: sha256 ") and stderr.count("\n") == 1

@@ -1,4 +1,5 @@
-"""`mmdeploy data synth` (synthetic imbalanced clips) and `mmdeploy data cache` (precompute features)."""
+"""`mmdeploy data synth` (synthetic imbalanced clips), `data verify` (every file against its manifest's SHA-256)
+and `mmdeploy data cache` (precompute features)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -33,6 +34,25 @@ def register(data_app: typer.Typer) -> None:
         counts = Counter(it.split for it in read_manifest(path).items)
         typer.echo(f"{path}: {clips} clips, {classes} classes, train {counts['train']} / val {counts['val']} / "
                    f"test {counts['test']} ({time.perf_counter() - t0:.1f} s)")
+
+    @data_app.command()
+    def verify(manifest: Path = typer.Argument(..., help="Manifest CSV with a sha256 column (as `data synth` "
+                                                           "writes it).")) -> None:
+        """Check every file against the SHA-256 its manifest records: is this set byte for byte the one the
+        manifest describes? Exit 2 with one line per missing or changed file."""
+        from mmdeploy.data.manifest import check_digests, read_manifest
+        from mmdeploy.errors import ConfigError
+
+        items = read_manifest(manifest).items
+        checked = sum(1 for it in items if it.sha256)
+        if not checked:
+            raise ConfigError(f"{manifest}: no sha256 column values to check; `mmdeploy data synth` writes them")
+        problems = check_digests(read_manifest(manifest))
+        for line in problems:
+            typer.echo(f"error: {line}", err=True)
+        if problems:
+            raise typer.Exit(2)
+        typer.echo(f"{manifest}: {checked} files match their SHA-256")
 
     @data_app.command()
     def cache(manifest: Path = typer.Argument(..., help="Manifest CSV."),
