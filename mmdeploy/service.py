@@ -29,7 +29,7 @@ from mmdeploy.results import ClassifyResult, TimelineResult
 from mmdeploy.serving import answers as core
 from mmdeploy.serving.bounds import count_problem, timeline_problem
 from mmdeploy.serving.guard import UploadGuard
-from mmdeploy.serving.remote import RemotePredictor, stack_probs, unpack
+from mmdeploy.serving.remote import KEEP_SESSION, RemotePredictor, stack_probs, unpack
 from mmdeploy.serving.schema import OpenAPIPatch
 from mmdeploy.settings import Settings
 
@@ -38,7 +38,8 @@ DECODE = pipeline.decode_options(SETTINGS)
 log = logging.getLogger("mmdeploy.service")
 
 
-@bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.request_timeout_s})
+@bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.request_timeout_s},
+                 runner_connection=KEEP_SESSION)  # the API's session to it is never replaced under calls (remote.py)
 class AVModel:
     """The model (bundle from MMDEPLOY_MODEL, else the BentoML store), loaded and warmed before ready.
     A model that cannot load keeps this worker up: the cause is logged once (with its traceback), `info`

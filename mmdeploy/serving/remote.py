@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import numpy as np
 
 from mmdeploy.spec import ClipSpec
+
+log = logging.getLogger("mmdeploy.service")
 
 
 def pack(audio: np.ndarray, video: np.ndarray) -> np.ndarray:
@@ -34,6 +37,15 @@ HEADS = ("fused", "audio", "video")
 def stack_probs(probs: dict[str, np.ndarray]) -> np.ndarray:
     """{"fused","audio","video"}: [B,C] -> [B, 3, C] float32."""
     return np.stack([np.asarray(probs[h], np.float32) for h in HEADS], axis=1)
+
+
+# BentoML's client to a dependency (bentoml.depends: _bentoml_impl.client.proxy2.SessionManager, since 1.4.31)
+# replaces its aiohttp session every `max_requests` calls (default 100) or `max_age` seconds (300) and closes the old
+# one at once, with the calls still in flight on it: each of those either fails ("Connection closed") and, retried,
+# runs twice on the model, or, with its answer half read, waits for the client's whole timeout (a lost call: 60 s,
+# then 503). The model service is a local socket: nothing gains from a new session, so the session is never
+# replaced (the AVModel service's `runner_connection` config). tests/test_serving.py shows both sides.
+KEEP_SESSION = {"max_requests": 10**12, "max_age": 1e12}
 
 
 class ModelCallError(Exception):
@@ -75,5 +87,6 @@ class RemotePredictor:
 
         try:
             return await self._call(windows)
-        except aiohttp.ClientConnectionError:
+        except aiohttp.ClientConnectionError as exc:
+            log.warning("model call retried once after %s: %s", type(exc).__name__, exc)
             return await self._call(windows)
