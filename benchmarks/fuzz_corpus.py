@@ -8,7 +8,9 @@ clip (i // len(RECIPES)) % len(SEEDS) of ../shared/media with random.Random(f"{s
 can be rebuilt alone (`mutate(i)`). Recipes: byte flips (anywhere, in the header, the 256-byte flip that
 crashes FFmpeg's H.264/AAC decoders), truncation, truncation then flips, zeroed header, a duplicated chunk,
 a chunk of another clip spliced in (MPEG-PS into FLV among them), garbage after a valid head. Files go in
-batches of 100 (batch_00/, batch_01/, ...), outside the repository.
+batches of 100 (batch_00/, batch_01/, ...), outside the repository. Beside them, `late_streams/`: FLVs whose
+stream list grows after the header (a subtitle stream at 1.5 s or later, audio that starts late; `LATE`,
+`late_stream(j)`), which PyAV 18's demuxer answered with IndexError at the end of the file.
 
 `run` classifies every batch folder with one CLI call (`--json`, the default workers), a sample of
 files one CLI call each, and a sample as timelines (one CLI call, `--window 2 --hop 1`), and counts per call: exit code (0 or 2 allowed), signals (negative code),
@@ -123,12 +125,88 @@ def mutate(i: int, seed: int = 0) -> tuple[str, bytes]:
     return f"{i:04d}_{recipe.__name__[2:]}_{stem}.{ext}", bytes(recipe(data, rng, other))
 
 
+# ---- streams that appear after the header (FLV: the demuxer adds a stream when its first packet comes) --------
+FLV_SEED = "cremad_1001_DFA_ANG_XX.flv"
+AUDIO_TAG, VIDEO_TAG, SCRIPT_TAG = 8, 9, 18
+
+
+def flv_tags(data: bytes) -> list[tuple[int, int, bytes]]:
+    """An FLV file's tags after its 13-byte head: (type, timestamp ms, the tag's bytes with its trailing size)."""
+    out, at = [], 13
+    while at + 11 <= len(data):
+        size = int.from_bytes(data[at + 1:at + 4], "big")
+        out.append((data[at], int.from_bytes(data[at + 4:at + 7], "big") | data[at + 7] << 24,
+                    data[at:at + 15 + size]))
+        at += 15 + size
+    return out
+
+
+def flv_tag(kind: int, ms: int, body: bytes) -> bytes:
+    head = bytes([kind]) + len(body).to_bytes(3, "big") + (ms & 0xFFFFFF).to_bytes(3, "big") + bytes([ms >> 24 & 0xFF])
+    return head + b"\0\0\0" + body + (11 + len(body)).to_bytes(4, "big")
+
+
+def flv_retimed(tag: bytes, ms: int) -> bytes:
+    return tag[:4] + (ms & 0xFFFFFF).to_bytes(3, "big") + bytes([ms >> 24 & 0xFF]) + tag[8:]
+
+
+def text_data(text: str) -> bytes:
+    """An AMF0 onTextData script body: FFmpeg's FLV demuxer opens a subtitle stream for the first one."""
+    def amf(s: str) -> bytes:
+        b = s.encode()
+        return len(b).to_bytes(2, "big") + b
+    return b"\x02" + amf("onTextData") + b"\x03" + amf("text") + b"\x02" + amf(text) + b"\0\0\x09"
+
+
+def late_streams(loops: int, text_ms: int | None, audio_from_ms: int = 0) -> bytes:
+    """The FLV seed played `loops` times in a row (timestamps continued), its audio tags dropped before
+    `audio_from_ms` (the audio stream then starts there, its AAC header first), and an onTextData tag at
+    `text_ms` (a subtitle stream appears there)."""
+    data = (MEDIA / FLV_SEED).read_bytes()
+    tags = flv_tags(data)
+    span = max(ms for _, ms, _ in tags) + 40
+    out, header_sent = [data[:13]], False
+    body = [(kind, ms + k * span, tag) for k in range(loops) for kind, ms, tag in tags
+            if k == 0 or kind != SCRIPT_TAG]
+    aac_header = next(tag for kind, _, tag in tags if kind == AUDIO_TAG)
+    for kind, ms, tag in body:
+        if text_ms is not None and ms >= text_ms:
+            out.append(flv_tag(SCRIPT_TAG, ms, text_data("a stream that appears mid-file")))
+            text_ms = None
+        if kind == AUDIO_TAG and ms < audio_from_ms:
+            continue
+        if kind == AUDIO_TAG and not header_sent and audio_from_ms:
+            out.append(flv_retimed(aac_header, ms))
+            header_sent = True
+        out.append(flv_retimed(tag, ms))
+    return b"".join(out)
+
+
+# (name, loops, text at ms, audio from ms): a subtitle stream that appears after FFmpeg's probe of the stream list
+# (1.5 s into the 2.2-s seed; 6 s into the seed played 4 times), audio that starts late, both
+LATE = [("text_at_1500", 1, 1500, 0), ("text_at_1900", 1, 1900, 0), ("text_at_6000", 4, 6000, 0),
+        ("audio_from_1500", 1, None, 1500), ("text_and_audio_late", 1, 1700, 1200)]
+
+
+def late_stream(j: int) -> tuple[str, bytes]:
+    """Late-stream file j (see LATE) -> (file name, bytes); written by `make` into out/late_streams/."""
+    name, loops, text_ms, audio_ms = LATE[j]
+    return f"late_{j}_{name}.flv", late_streams(loops, text_ms, audio_ms)
+
+
 def make(out: Path, count: int, seed: int = 0, indices: list[int] | None = None, batch: int = BATCH) -> list[Path]:
-    """Write the corpus (or the files `indices`) under out/batch_NN/; returns their paths."""
+    """Write the corpus (or the files `indices`) under out/batch_NN/, and the LATE files under
+    out/late_streams/ when the whole corpus is made; returns their paths."""
     paths = []
     for i in indices if indices is not None else range(count):
         name, data = mutate(i, seed)
         path = out / f"batch_{i // batch:02d}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+    for j in range(len(LATE)) if indices is None else []:
+        name, data = late_stream(j)
+        path = out / "late_streams" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         paths.append(path)

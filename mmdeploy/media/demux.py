@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from mmdeploy.errors import MediaError
 from mmdeploy.media.skip import SkipPlan
-from mmdeploy.media.source import Source, time_zero, why
+from mmdeploy.media.source import Source, packets, time_zero, why
 
 PACKETS_PER_SECOND = 1000   # no real stream needs more packets per second of media
 PACKET_ALLOWANCE = 5000     # packets a pass may read before its time must advance
@@ -93,11 +93,11 @@ def decode_all(path, container, stream, origin: float, wanted=None, reference: b
     skip = None if full or wanted is None else SkipPlan(stream, origin, wanted)
     cc = stream.codec_context
     try:
-        packets = container.demux(stream)
+        stream_packets = packets(container, [stream])
         if skip is not None:
             cc.skip_frame = "DEFAULT"
-            packets = skip.read_ahead(packets)
-        for packet in packets:
+            stream_packets = skip.read_ahead(stream_packets)
+        for packet in stream_packets:
             count += 1
             progress = 0.0 if earliest is None else latest - earliest
             if count > PACKET_ALLOWANCE + PACKETS_PER_SECOND * progress + 4 * decoded:

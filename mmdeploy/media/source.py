@@ -138,6 +138,17 @@ def video_info(path, container, stream) -> VideoInfo | None:
                      stored_rotation(path, container, stream), stream.index)
 
 
+def packets(container, streams):
+    """container.demux(streams) without PyAV 18's end-of-file slip: where a stream appears after the header
+    (FLV and the other formats whose streams are found while reading), its flush loop looks the new stream up in
+    a stream list that never got it and raises IndexError, after the last packet and the flush packets of the
+    streams asked for (their indices are lower). So the end is the end, whichever path reads the file."""
+    try:
+        yield from container.demux(streams)
+    except IndexError:
+        return
+
+
 def time_zero(container) -> float:
     """Container start time in seconds: our time 0."""
     return container.start_time / 1e6 if container.start_time is not None else 0.0
@@ -167,7 +178,7 @@ def scan_end(container, origin: float) -> float | None:
         end = None
         try:
             container.seek(offset, backward=True)
-            for _, packet in zip(range(SCAN_PACKETS), container.demux(streams)):
+            for _, packet in zip(range(SCAN_PACKETS), packets(container, streams)):
                 if packet.pts is not None and packet.time_base is not None:
                     t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
                     end = t if end is None else max(end, t)
