@@ -15,7 +15,7 @@ ALPHA = 0.05
 
 def collect(out: Path, methods: list[str], seeds: int) -> list[dict[str, Any]]:
     """One row per run: the test metrics at the best validation epoch (model.json), and training seconds."""
-    from mmdeploy.compare import run_dir
+    from mmdeploy.compare.runs import run_dir
 
     rows = []
     for method in methods:
