@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from mmdeploy.commands import batch, bundle, classify, compare, data, export, index, media, serve, train
+from mmdeploy.commands import batch, bundle, classify, compare, data, export, index, live, media, serve, train
 from mmdeploy.errors import MmdeployError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -34,7 +34,7 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
     """Train balanced audio-video classifiers, export them, classify video files."""
 
 
-for module in (media, train, export, classify, batch, serve, bundle):
+for module in (media, train, export, classify, live, batch, serve, bundle):
     module.register(app)
 for module in (data, index):
     module.register(data_app)

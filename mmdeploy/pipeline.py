@@ -123,6 +123,18 @@ def decode_windows(path: str | Path, spec, window: float | None = None, hop: flo
     return window_jobs(str(path), spec, window, hop, options)
 
 
+def decode_live(source, spec, window: float, hop: float, open_s: float, read_s: float,
+                options: DecodeOptions = FAST) -> Iterator[dict[str, Any]]:
+    """A live source (media.live.LiveSource) -> notes and feature items as windows complete (livejob.live_job),
+    streamed from a worker process: a hostile stream crashes or hangs only that worker (MediaError, like a
+    file). The stream always ends with a MediaError saying why (ended, stalled, crashed). `close()` kills it."""
+    from mmdeploy.livejob import live_job
+
+    deadline = open_s + read_s + window + 30.0  # per item: the source's own deadlines fire first
+    return isolate.IsolatedWindows(source.name, live_job, (source, spec, window, hop, options, open_s, read_s),
+                                   deadline)
+
+
 def start_decoders(keep: int = 0) -> None:
     """Start the decode workers' forkserver and one worker in the background (overlapping the model's
     load); keep up to `keep` idle workers warm from now on."""
