@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="Seconds a file's window may take "
                                                 "to decode before it is reported as an error (default: "
                                                 "$MMDEPLOY_DECODE_TIMEOUT_S, else 60)."),
+        live: bool = typer.Option(False, "--live", help="FILES is one live SOURCE (udp://, rtsp://, srt://, "
+                                  "http(s):// or HLS, - for stdin): a line per window as it arrives; `mmdeploy "
+                                  "watch --help` has the live options."),
     ) -> None:
         """Classify video (or audio-only / video-only) files: label, score, top-k, each modality's opinion.
 
@@ -47,6 +50,13 @@ def register(app: typer.Typer) -> None:
         A bad file prints `error: FILE: reason` on stderr (with --json also {"file", "error"} on stdout);
         the others are still classified; exit code 2. Files are decoded in worker processes: a decoder
         crash or hang costs only that file."""
+        if live:
+            from mmdeploy.commands.live import run_watch
+            from mmdeploy.errors import ConfigError
+
+            if len(files) != 1:
+                raise ConfigError(f"--live: give one SOURCE (a URL, - for stdin, or a device), got {len(files)}")
+            return run_watch(files[0], model, backend.value, as_json, top_k, window, hop)
         from mmdeploy.settings import Settings
 
         settings = Settings.from_env()  # the edge: read once, passed down

@@ -124,7 +124,7 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
                 typer.echo(json.dumps(line))
             if "event" in line:
                 kind = "error" if line.get("failed") else \
-                    "warning" if line["event"] in ("dropped", "lost", "ended") else "note"
+                    "warning" if line["event"] in ("dropped", "lost") else "note"
                 typer.echo(f"{kind}: {line['message']}", err=True)
             elif "summary" in line:
                 typer.echo(format_summary(line["summary"]), err=True)
