@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from mmdeploy.errors import ConfigError
+from mmdeploy.settings import cpu_count
 
 HEADS = ("fused", "audio", "video")
 
@@ -111,6 +112,4 @@ def evaluate(run: str | Path, split: str = "test", data: str | Path | None = Non
 
 
 def _workers() -> int:
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return cpu_count()

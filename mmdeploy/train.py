@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 
 from mmdeploy.errors import ConfigError
+from mmdeploy.progress import Progress
+from mmdeploy.settings import cpu_count
 from mmdeploy.evaluate import predict, summarize
 from mmdeploy.recipe import Recipe, load_recipe
 
@@ -265,40 +267,6 @@ def default_out(recipe_path: str | Path | dict, method: str) -> Path:
     return Path("runs") / f"{stem}-{method}-{stamp}"
 
 
-class Progress:
-    """A rich progress bar (loss, accuracy, k) on a TTY; one line per epoch otherwise; silent if quiet."""
-
-    def __init__(self, quiet: bool):
-        from rich.console import Console
-
-        self.quiet = quiet
-        self.console = Console(stderr=True)
-        self.bar = None
-
-    def start(self, total: int) -> None:
-        import sys
-
-        if not self.quiet and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-
-            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
-            self.task = self.bar.add_task("train", total=total, info="")
-            self.bar.start()
-
-    def step(self, epoch: int, info: str, completed: int) -> None:
-        if self.bar:
-            self.bar.update(self.task, description=f"epoch {epoch}", info=info, completed=completed)
-
-    def line(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text, highlight=False, soft_wrap=True)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
-
-
 def _fmt_k(logs: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in logs.items() if k.startswith("k_"))
 
@@ -339,8 +307,8 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     spec = rec.data.clip_spec()
-    workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    progress = Progress(quiet or not ctx.main)
+    workers = cpu_count()
+    progress = Progress(quiet or not ctx.main, every_s=float("inf"))  # off a terminal: the epoch lines only
     manifest, skip = prepare_data(rec, spec, ctx, workers, progress.line)
     train_loader, shuffle_gen, eval_loaders = make_loaders(rec, manifest, spec, ctx, skip)
 
@@ -374,7 +342,7 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
 
     progress.line(f"training {rec.method.name} on {manifest.path} ({len(train_loader.dataset)} train clips, "
                   f"{len(manifest.classes)} classes) -> {run}" + (f", {ctx.world} processes" if ctx.world > 1 else ""))
-    progress.start(total_steps)
+    progress.start(total_steps, "train")
     try:
         for epoch in range(state.epochs_done, cfg.epochs):
             if cfg.early_stop and state.bad_epochs >= cfg.early_stop:  # checked here so a resume obeys it too
@@ -401,8 +369,8 @@ def train(recipe: str | Path | dict, out: str | Path | None = None, overrides: l
                 seen += labels.numel()
                 state.step += 1
                 rows.append({"epoch": epoch + 1, "step": state.step, "loss": loss, "lr": lr, **logs})
-                progress.step(epoch + 1, f"loss {np.mean(losses):.3f} acc {hits / seen:.3f} {_fmt_k(logs)}",
-                              state.step)
+                progress.step(state.step, f"loss {np.mean(losses):.3f} acc {hits / seen:.3f} {_fmt_k(logs)}",
+                              description=f"epoch {epoch + 1}")
             if ctx.world > 1:  # BatchNorm running stats: rank 0's everywhere, so all ranks validate one model
                 for buf in model.buffers():
                     dist.broadcast(buf, src=0)

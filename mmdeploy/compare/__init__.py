@@ -15,7 +15,6 @@ processes (torch threads split between them).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +24,7 @@ from typing import Any, Callable
 
 from mmdeploy.compare.runs import finished, run_dir
 from mmdeploy.errors import ConfigError
+from mmdeploy.settings import cpu_count
 
 DEFAULT_METHODS = ("joint", "multiloss", "mlb", "mcr", "ensemble", "pretrain-finetune")
 
@@ -82,7 +82,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {cores} cores, {gpu}, {platform.system()} {platform.release()}, torch {torch.__version__}"
 
@@ -105,7 +105,7 @@ def compare(recipe: str | Path, methods: list[str] | str = DEFAULT_METHODS, seed
     out = Path(out)
     rec = load_recipe(recipe, list(overrides))
     source = str(Path(recipe).resolve()) if isinstance(recipe, (str, Path)) and Path(recipe).is_file() else recipe
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_count()
     prepare_data(rec, rec.data.clip_spec(), Dist(), cores, say)  # generate / cache once, before any worker
     out.mkdir(parents=True, exist_ok=True)
     jobs_list = [{"recipe": source, "run": str(run_dir(out, m, s)), "method": m, "seed": s,

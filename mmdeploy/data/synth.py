@@ -42,6 +42,7 @@ import numpy as np
 from mmdeploy.data.manifest import Item, file_sha256, write_manifest
 from mmdeploy.data.writer import CONTAINER_OPTIONS, encoder_options, video_frame
 from mmdeploy.errors import ConfigError
+from mmdeploy.settings import cpu_count
 
 SOUNDS = ("hum", "whistle", "rise", "fall", "beep", "warble", "trill", "chirps", "high", "buzz", "ping", "duo")
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "bar", "moon")
@@ -308,7 +309,7 @@ def generate(out: str | Path, clips: int = 480, seed: int = 0, classes: int = 8,
     labels = [i % classes for i in range(clips)]
     jobs = [_Job(out / "clips" / f"{i:05d}_{table[lab].name}.mp4", table[lab], seed, i, size, fps, seconds,
                  sample_rate, float(audio_snr_db)) for i, lab in enumerate(labels)]
-    workers = max(1, min(workers or os.cpu_count() or 1, clips))
+    workers = max(1, min(workers or cpu_count(), clips))
     if workers == 1:
         digests = [_make_clip(job) for job in jobs]
     else:
