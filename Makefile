@@ -8,7 +8,10 @@ UV := .uv/bin/uv
 PY := $(VENV)/bin/python
 MM := $(VENV)/bin/mmdeploy
 RUN ?= runs/demo
-EXTRAS ?= --extra cpu --extra dev
+# What the tests install (openvino: the CPU engines' tests run the OpenVINO path) and what the Bento carries
+# (serving/requirements.txt: ONNX Runtime CPU + OpenVINO, so `auto` can run the engine export measured fastest).
+EXTRAS ?= --extra cpu --extra dev --extra openvino
+SERVING_EXTRAS := --extra cpu --extra openvino
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: install lock lock-check requirements demo test tools clean
@@ -29,12 +32,12 @@ lock: | $(UV)
 	$(MAKE) requirements
 
 requirements: | $(UV)
-	$(UV) export --frozen --quiet --no-hashes --no-emit-project --extra cpu --no-header -o serving/requirements.txt
+	$(UV) export --frozen --quiet --no-hashes --no-emit-project $(SERVING_EXTRAS) --no-header -o serving/requirements.txt
 
 # CI: pyproject and the lock must agree, and the Bento's requirements must be the lock's.
 lock-check: | $(UV)
 	@$(UV) lock --check || { echo "error: uv.lock does not match pyproject.toml; run 'make lock' and commit uv.lock"; exit 1; }
-	@$(UV) export --frozen --quiet --no-hashes --no-emit-project --extra cpu --no-header | cmp -s - serving/requirements.txt \
+	@$(UV) export --frozen --quiet --no-hashes --no-emit-project $(SERVING_EXTRAS) --no-header | cmp -s - serving/requirements.txt \
 	  || { echo "error: serving/requirements.txt differs from uv.lock; run 'make requirements' and commit it"; exit 1; }
 
 # Debian's packages the tests drive: headless Chromium for the /ui browser tests (playwright drives it, never

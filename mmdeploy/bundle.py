@@ -6,7 +6,8 @@
                             `weights` {file, sha256, bytes} and `inputs` {audio: [1, F, T], video: [3, N, H, W]}
     RUN/metrics.jsonl       one line per epoch (written by training)
     RUN/plots/*.png         per-modality accuracy, balancing coefficients
-    RUN/export/             model.onnx, TensorRT engines, parity.json
+    RUN/export/             model.onnx, TensorRT engines, parity.json; CPU engines (int8 ONNX files, OpenVINO
+                            compiled-model caches), each digested in model.json `export.engines`
 
 Bundles are untrusted input. Every load (`load_bundle`, and `verify_bundle` for runtimes that never
 build the PyTorch model) refuses, with one line naming the file and the fix: a pickle file anywhere in
@@ -35,8 +36,8 @@ WEIGHTS = "model.safetensors"
 META = "model.json"
 SEALED = ("classes", "spec", "arch", "inputs")  # model.json keys also written into the weights file's header
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-_PLAIN_SUFFIXES = (".json", ".jsonl", ".safetensors", ".onnx", ".png", ".engine", ".timing-cache", ".yaml",
-                   ".yml", ".txt", ".md", ".csv", ".parquet", ".tmp", ".rejected")
+_PLAIN_SUFFIXES = (".json", ".jsonl", ".safetensors", ".onnx", ".png", ".engine", ".timing-cache", ".ovblob",
+                   ".yaml", ".yml", ".txt", ".md", ".csv", ".parquet", ".tmp", ".rejected")
 RESEAL = "mmdeploy bundle reseal"
 
 
@@ -294,10 +295,46 @@ def record_export(bundle: Bundle, onnx_path: Path) -> None:
     if json.loads(path.read_text()) != bundle.meta:
         raise BundleError(f"{path}: changed while exporting; run `mmdeploy export {bundle.path}` again")
     digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
-    bundle.meta["export"] = {"onnx": Path(onnx_path).relative_to(bundle.path).as_posix(), "onnx_sha256": digest}
+    before = bundle.meta.get("export") if isinstance(bundle.meta.get("export"), dict) else {}
+    kept = {name: e for name, e in (before.get("engines") or {}).items()  # made from these very ONNX bytes
+            if isinstance(e, dict) and e.get("onnx_sha256") == digest}
+    bundle.meta["export"] = {"onnx": Path(onnx_path).relative_to(bundle.path).as_posix(), "onnx_sha256": digest,
+                             **({"engines": kept} if kept else {}),
+                             **({"timing": before["timing"]} if kept and "timing" in before else {})}
+    _write_meta(bundle, path)
+
+
+def _write_meta(bundle: Bundle, path: Path) -> None:
     tmp = path.with_name(META + ".tmp")
     tmp.write_text(json.dumps(bundle.meta, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def record_engine(bundle: Bundle, name: str, entry: dict[str, Any] | None,
+                  timing: dict[str, Any] | None = None) -> None:
+    """Record (or with entry None, forget) a CPU engine `mmdeploy export` made and gated: model.json
+    `export.engines[name]` = {files: {relative path: sha256}, onnx_sha256 it was made from, precision, gate
+    summary, ...}; `timing` replaces `export.timing` (what `auto` ranks CPU engines by). Atomic, after
+    re-checking that model.json is still the one the bundle was verified with; needs a recorded ONNX export.
+    Format 2 bundles without these keys load as before: they simply have no CPU engine."""
+    path = bundle.path / META
+    if json.loads(path.read_text()) != bundle.meta:
+        raise BundleError(f"{path}: changed while exporting; run `mmdeploy export {bundle.path}` again")
+    export = bundle.meta.get("export")
+    if not isinstance(export, dict) or "onnx_sha256" not in export:
+        raise BundleError(f"{path}: records no ONNX export; run `mmdeploy export {bundle.path} --onnx` first")
+    engines = dict(export.get("engines") or {})
+    if entry is None:
+        engines.pop(name, None)
+    else:
+        engines[name] = entry
+    export = {k: v for k, v in export.items() if k != "engines"}
+    if engines:
+        export["engines"] = engines
+    if timing is not None:
+        export["timing"] = timing
+    bundle.meta["export"] = export
+    _write_meta(bundle, path)
 
 
 def reseal(run: str | Path) -> Path:

@@ -107,3 +107,45 @@ def check(module: str) -> str | None:
 def problems(modules: tuple[str, ...] | None = None) -> list[str]:
     """One line per broken package, in CHECKS order; [] when the environment is whole."""
     return [line for m in (modules or tuple(CHECKS)) if (line := check(m)) is not None]
+
+
+# ---- the CPU: what int8 / bf16 engines can use here -------------------------------------------------
+# /proc/cpuinfo flag -> what it means for the CPU engines (OpenVINO, ONNX Runtime int8).
+CPU_FEATURES = {
+    "avx2": "AVX2 (int8 via VPMADDUBSW)",
+    "avx512f": "AVX-512",
+    "avx_vnni": "AVX-VNNI (int8 dot products, 256-bit)",
+    "avx512_vnni": "AVX-512 VNNI (int8 dot products)",
+    "avx512_bf16": "AVX-512 BF16 (bf16 dot products)",
+    "avx512_fp16": "AVX-512 FP16",
+    "amx_tile": "AMX tiles",
+    "amx_int8": "AMX int8 (matrix tiles)",
+    "amx_bf16": "AMX bf16 (matrix tiles)",
+}
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, object]:
+    """{"model": the CPU's model name, "features": the CPU_FEATURES flags it has, "key": model + features as
+    one file-name-safe string}, read from /proc/cpuinfo (or the given text). Compiled CPU engines and the
+    timings `mmdeploy export` records are valid for one key: another CPU model or feature set is another key."""
+    import hashlib
+    import platform
+    import re
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() not in fields:
+            fields[name.strip()] = value.strip()
+    model = fields.get("model name") or platform.processor() or platform.machine() or "unknown-cpu"
+    flags = set(fields.get("flags", "").split())
+    features = [f for f in CPU_FEATURES if f in flags]
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:48] or "cpu"
+    digest = hashlib.sha256(" ".join(features).encode()).hexdigest()[:8]
+    return {"model": model, "features": features, "key": f"{slug}-{digest}"}

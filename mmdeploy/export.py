@@ -15,114 +15,23 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from mmdeploy.bundle import FORMAT, FORMAT_VERSION, META, WEIGHTS, Bundle, load_bundle
-from mmdeploy.config import read_yaml, validate
 from mmdeploy.errors import ConfigError, MediaError, MmdeployError
 from mmdeploy.runtime.base import INPUTS, OUTPUT_NAMES, OUTPUTS
 from mmdeploy.runtime.ort_backend import read_onnx_metadata, usable_providers
 from mmdeploy.spec import ClipSpec
+from mmdeploy.targets import FP32_LAYER_KINDS, Target, TargetFile, load_target, parse_target  # noqa: F401
 
 ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 BENTO_MODEL = "av-classifier"
-
-
-# ---- deploy targets ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """One deploy target (export/NAME.yaml)."""
-
-    name: str
-    backend: str = "onnxruntime"  # onnxruntime | tensorrt | torch
-    device: str = "cpu"  # cpu | cuda
-    precision: str = "fp32"  # fp32 | fp16
-    batch: dict[str, int] = field(default_factory=lambda: {"min": 1, "opt": 1, "max": 32})
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    tolerance: float = 1e-4
-    parity_batches: tuple[int, ...] = (1, 5)
-    fp32_layers: tuple[str, ...] = ()
-    cuda_graphs: bool = False
-    description: str = ""
-
-
-FP32_LAYER_KINDS = ("softmax", "normalization", "reduce", "pooling")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class BatchProfile(_Strict):
-    min: int
-    opt: int
-    max: int
-
-    @model_validator(mode="before")
-    @classmethod
-    def _whole(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or set(data) != {"min", "opt", "max"} or \
-                not all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
-            raise ValueError(f"needs integer min, opt and max, got {data!r}")
-        if not 1 <= data["min"] <= data["opt"] <= data["max"]:
-            raise ValueError(f"needs 1 <= min <= opt <= max, got {data!r}")
-        return data
-
-
-class Parity(_Strict):
-    tolerance: float = Field(1e-4, gt=0)
-    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5], min_length=1)
-
-
-class TargetFile(_Strict):
-    """The keys of export/NAME.yaml."""
-    description: str = ""
-    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
-    device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "fp16"] = "fp32"
-    batch: BatchProfile = Field(default_factory=lambda: BatchProfile(min=1, opt=1, max=32))
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    parity: Parity = Field(default_factory=Parity)
-    fp32_layers: list[Literal[FP32_LAYER_KINDS]] = Field(default_factory=list)
-    cuda_graphs: bool = False
-
-    @model_validator(mode="after")
-    def _profile_covers_parity(self) -> "TargetFile":
-        if self.backend == "tensorrt" and min(self.parity.batches) < self.batch.min:
-            raise ValueError(f"parity.batches: {min(self.parity.batches)} is below the engine profile's batch.min "
-                             f"{self.batch.min}")
-        return self
-
-
-def load_target(name_or_path: str | Path) -> Target:
-    """Read and validate export/NAME.yaml (or any YAML path); unknown keys raise ConfigError."""
-    from mmdeploy import assets
-
-    path = Path(name_or_path)
-    if not path.is_file():  # a shipped target by name: `onnx-cpu`, or `export/onnx-cpu.yaml` from anywhere
-        path = assets.by_name("export", path.name if path.parent.name == "export" else path) or path
-    if not path.is_file():
-        known = ", ".join(assets.names("export"))
-        raise ConfigError(f"{path}: no such deploy target; use one of {known} or a YAML path")
-    return parse_target(read_yaml(path, "deploy target keys"), name=path.stem, where=str(path))
-
-
-def parse_target(data: dict[str, Any], name: str, where: str) -> Target:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of target keys")
-    t = validate(TargetFile, data, where)
-    return Target(name=name, backend=t.backend, device=t.device, precision=t.precision, batch=t.batch.model_dump(),
-                  providers=tuple(t.providers), tolerance=float(t.parity.tolerance),
-                  parity_batches=tuple(t.parity.batches), fp32_layers=tuple(t.fp32_layers), cuda_graphs=t.cuda_graphs,
-                  description=t.description)
 
 
 # ---- ONNX --------------------------------------------------------------------------------------
@@ -203,23 +112,12 @@ def export_onnx(bundle: Bundle, path: str | Path | None = None) -> Path:
 
 
 # ---- parity ------------------------------------------------------------------------------------
-def _manifest_path(bundle: Bundle) -> Path | None:
-    """The data manifest model.json records (data.manifest, data or manifest), resolved beside cwd or RUN."""
-    data = bundle.meta.get("data")
-    raw = data.get("manifest") if isinstance(data, dict) else data if isinstance(data, str) else None
-    raw = raw or bundle.meta.get("manifest")
-    if not isinstance(raw, str):
-        return None
-    for candidate in (Path(raw), bundle.path / raw):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def parity_inputs(bundle: Bundle, batch: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Features of `batch` clips from the bundle's data manifest (test split first), or random inputs;
     the third value says which, for the report."""
-    manifest = _manifest_path(bundle)
+    from mmdeploy.quantize import manifest_path
+
+    manifest = manifest_path(bundle)
     if manifest is None:
         return (*example_inputs(bundle.spec, batch), "random: model.json records no data manifest that exists")
     try:
@@ -300,8 +198,12 @@ def _torch_cuda_parity(bundle: Bundle, target: Target, inputs) -> dict[str, Any]
     return check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance, predictor.backend, inputs)
 
 
-def _record(reports: dict[str, Any], out: Path) -> None:
-    (out / PARITY_FILE).write_text(json.dumps(reports, indent=2) + "\n")
+def _record(reports: dict[str, Any], out: Path, meta: dict | None = None) -> None:
+    """parity.json: these reports, plus the CPU engines' reports that model.json still records (`meta`)."""
+    from mmdeploy.cpu_engines import keep_reports
+
+    kept = keep_reports(out, meta) if meta is not None else {}
+    (out / PARITY_FILE).write_text(json.dumps({**kept, **reports}, indent=2) + "\n")
 
 
 def _fail_if_off(report: dict[str, Any], path: Path, artifact: Path | None = None) -> None:
@@ -319,9 +221,13 @@ def _fail_if_off(report: dict[str, Any], path: Path, artifact: Path | None = Non
 
 
 def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt: bool = False,
-           precision: str | None = None, bento: bool = False) -> dict[str, Any]:
+           precision: str | None = None, bento: bool = False, calibration: int | None = None,
+           timing_seconds: float = 1.0) -> dict[str, Any]:
     """The whole `mmdeploy export` flow; returns a summary (paths, parity, engine, bento tag).
-    `onnx=False` reuses RUN/export/model.onnx when it was exported from the current weights and spec."""
+    `onnx=False` reuses RUN/export/model.onnx when it was exported from the current weights and spec.
+    A CPU-engine target (openvino-*, onnx-int8) then makes, gates, times and records its engine
+    (mmdeploy/cpu_engines.py); `calibration` overrides its number of calibration windows, `timing_seconds` is
+    the time each engine is timed for per batch size."""
     target = target or load_target(f"trt-{precision or 'fp16'}" if trt else "onnx-cpu")
     if precision:
         target = dataclasses.replace(target, precision=precision)
@@ -351,10 +257,16 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
                                "onnx_exported": exported}
     if target.backend == "torch" and target.device == "cuda":
         reports["torch"] = _torch_cuda_parity(bundle, target, inputs)
-    _record(reports, out)
+    _record(reports, out, bundle.meta)
     _fail_if_off(reports["onnxruntime"], out, onnx_path)
     if "torch" in reports:
         _fail_if_off(reports["torch"], out)
+    if target.cpu_engine:  # only from an ONNX file that passed
+        from mmdeploy.cpu_engines import export_engine
+
+        made = export_engine(bundle, target, onnx_path, calibration=calibration, seconds=timing_seconds)
+        reports[made["engine"]] = made["report"]
+        summary.update(cpu_engine=made["engine"], timing=made["timing"], engine_files=made["files"])
     if trt:  # only from an ONNX file that passed
         from mmdeploy.runtime.trt_backend import TensorRTPredictor
         from mmdeploy.tensorrt_engine import ensure_engine
@@ -364,7 +276,7 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
         reports["tensorrt"] = check_parity(bundle, predictor.logits, target.parity_batches, target.tolerance,
                                            predictor.backend, inputs)
         summary.update(engine=str(engine), engine_built=built)
-        _record(reports, out)
+        _record(reports, out, bundle.meta)
         _fail_if_off(reports["tensorrt"], out, engine)
     summary["parity"] = reports
     if bento:
@@ -373,8 +285,9 @@ def export(run: str | Path, target: Target | None = None, onnx: bool = True, trt
 
 
 def save_to_bentoml(bundle: Bundle, onnx_path: Path) -> str:
-    """Copy the bundle (model.json, weights, export/model.onnx, parity.json) into the BentoML model store
-    as `av-classifier`; ref.path is itself a bundle folder, so the service loads it with load_predictor.
+    """Copy the bundle (model.json, weights, export/model.onnx, parity.json, and the files of the CPU engines
+    model.json records: int8 files, OpenVINO caches) into the BentoML model store as `av-classifier`; ref.path
+    is itself a bundle folder, so the service loads it with load_predictor (`auto` as measured at export).
     Metadata: classes (list), spec and arch (JSON strings: BentoML metadata takes no nulls), spec_digest."""
     import bentoml
 
@@ -389,4 +302,9 @@ def save_to_bentoml(bundle: Bundle, onnx_path: Path) -> str:
         shutil.copy2(onnx_path, root / "export" / ONNX_FILE)
         if (onnx_path.parent / PARITY_FILE).is_file():
             shutil.copy2(onnx_path.parent / PARITY_FILE, root / "export" / PARITY_FILE)
+        from mmdeploy.runtime.cpu_record import files
+
+        for rel in files(bundle.meta):  # digested in model.json: the store entry verifies them like the run
+            if (bundle.path / rel).is_file():
+                shutil.copy2(bundle.path / rel, root / rel)
     return str(ref.tag)

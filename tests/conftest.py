@@ -95,3 +95,25 @@ def ray_local():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+CPU_ENGINE_TARGETS = ("onnx-int8", "openvino-int8", "openvino-bf16", "openvino-fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_engines(tiny_exported, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the exported tiny bundle with every CPU engine target exported (int8 files, OpenVINO caches,
+    gate reports, timing record), once per session; {target: export summary}. Read it, copy it to change it.
+    Without OpenVINO (the `openvino` extra) only onnx-int8 is made."""
+    from importlib.util import find_spec
+
+    from mmdeploy.export import export, load_target
+
+    run = tmp_path_factory.mktemp("tiny_cpu_engines") / "run"
+    shutil.copytree(tiny_exported[0], run)
+    made = {}
+    for name in CPU_ENGINE_TARGETS:
+        if name.startswith("openvino") and find_spec("openvino") is None:
+            continue
+        made[name] = export(run, target=load_target(name), onnx=False, timing_seconds=0.02)
+    return run, made

@@ -131,7 +131,7 @@ def test_every_deploy_target_loads(path):
 
 @pytest.mark.parametrize("data, message", [
     ({"backend": "onnxruntime", "batchsize": 4}, "unknown key 'batchsize'"),
-    ({"precision": "int8"}, "precision: 'int8' is not one of"),
+    ({"precision": "int4"}, "precision: 'int4' is not one of"),
     ({"batch": {"min": 8, "opt": 4, "max": 32}}, "min <= opt <= max"),
     ({"batch": {"min": 1, "max": 32}}, "needs integer min, opt and max"),
     ({"parity": {"tolerance": -1}}, "parity.tolerance"),

@@ -3,7 +3,9 @@
 Backends are entries of REGISTRY (name -> Backend: the library/device check, the exported files it needs,
 how to build its Predictor); adding a runtime (OpenVINO, an int8 engine) is adding an entry, and the tests
 are parametrized over the registry. `auto` takes the first usable of AUTO_ORDER: TensorRT -> ONNX Runtime
-CUDA -> torch CUDA fp16 -> ONNX Runtime CPU -> torch CPU. ONNX Runtime and TensorRT need files made by
+CUDA -> torch CUDA fp16 -> [CPU engines] -> ONNX Runtime CPU -> torch CPU, where [CPU engines] are the
+OpenVINO / int8 engines `mmdeploy export` made, accuracy-gated and timed on this CPU faster than ONNX Runtime
+fp32, fastest first (runtime/cpu_record.py; none without such a record). ONNX Runtime and TensorRT need files made by
 `mmdeploy export` (RUN/export/model.onnx exported from the bundle's current weights, a matching engine);
 when they are missing or stale, `auto` skips that backend with the reason (it never exports on the fly:
 exporting takes a while and checks parity, which is the export command's job).
@@ -23,12 +25,14 @@ from typing import Any, Callable
 from mmdeploy.errors import BackendUnavailable
 from mmdeploy.runtime.base import Predictor
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS", "REGISTRY", "Backend", "Predictor", "backend_reasons", "doctor",
-           "load_predictor", "select_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS", "CHOICES", "REGISTRY", "Backend", "Predictor", "backend_reasons",
+           "doctor", "explain", "load_predictor", "select_backend"]
 
 ONNX_FILE = "model.onnx"
-ALIASES = {"trt": "tensorrt", "ort": "onnxruntime", "onnx": "onnxruntime"}
-FAMILIES = {"onnxruntime": ("onnxruntime-cuda", "onnxruntime-cpu"), "torch": ("torch-cuda-fp16", "torch-cpu")}
+ALIASES = {"trt": "tensorrt", "ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino"}
+FAMILIES = {"onnxruntime": ("onnxruntime-cuda", "onnxruntime-cpu"), "torch": ("torch-cuda-fp16", "torch-cpu"),
+            "openvino": ("openvino-int8", "openvino-bf16", "openvino-cpu")}  # openvino: ranked by the record
+CPU_TIER = "onnxruntime-cpu"  # auto puts the measured-faster CPU engines right before this one
 
 
 def _cuda_reason() -> str | None:
@@ -103,7 +107,18 @@ def _engine_reason(run: Path) -> str | None:
     return None
 
 
-NEEDS = {"onnx": _onnx_reason, "tensorrt-engine": _engine_reason}  # exported files, by what checks them
+def _cpu_engine_reason(name: str):
+    def reason(run: Path) -> str | None:
+        from mmdeploy.runtime.cpu_record import artifact_reason as cpu_artifact_reason
+
+        return cpu_artifact_reason(name, run)
+
+    return reason
+
+
+NEEDS = {"onnx": _onnx_reason, "tensorrt-engine": _engine_reason,  # exported files, by what checks them
+         **{f"cpu-engine:{n}": _cpu_engine_reason(n) for n in ("openvino-int8", "openvino-bf16", "onnxruntime-int8",
+                                                              "openvino-cpu")}}
 
 
 def backend_reasons(run: str | Path | None = None, names: tuple[str, ...] | None = None) -> dict[str, str | None]:
@@ -118,22 +133,78 @@ def backend_reasons(run: str | Path | None = None, names: tuple[str, ...] | None
     return reasons
 
 
+CHOICES = ("auto", *FAMILIES, "tensorrt", *ALIASES)  # what --backend takes besides the registry's names
+
+
+def _measured_cpu_engines(run: Path) -> tuple[list[str], dict[str, str], str]:
+    """The recorded CPU engines timed faster than onnxruntime-cpu on this CPU, fastest first; {engine: why
+    not}; why the first (runtime/cpu_record.rank). Nothing for a folder that is not a bundle."""
+    from mmdeploy.bundle import read_meta
+    from mmdeploy.environment import cpu_info
+    from mmdeploy.errors import BundleError
+    from mmdeploy.runtime.cpu_record import ENGINES, rank
+
+    if not (run / "model.json").is_file():
+        return [], {}, ""
+    try:
+        meta = read_meta(run)
+    except BundleError:
+        return [], {}, ""  # building the chosen backend (verify_bundle) says what is wrong, in one line
+    return rank(meta, str(cpu_info()["key"]), _LazyReasons(run))
+
+
+class _LazyReasons(dict):
+    """{engine: backend_reasons(...)} computed on first `get`: rank asks only about engines the bundle's
+    record times, so a bundle without CPU engines never imports openvino (0.2-0.9 s of a cold CLI)."""
+
+    def __init__(self, run: Path):
+        super().__init__()
+        self.run = run
+
+    def get(self, name, default=None):
+        if name not in self:
+            self[name] = backend_reasons(self.run, (name,))[name]
+        return dict.get(self, name, default)
+
+
 def select_backend(run: str | Path, backend: str = "auto") -> tuple[str, dict[str, str]]:
     """(chosen backend, {skipped backend: reason}); raises BackendUnavailable when nothing fits."""
+    return _select(Path(run), backend)[:2]
+
+
+def _select(run: Path, backend: str) -> tuple[str, dict[str, str], str]:
+    """select_backend, plus why the chosen one (for auto and families that rank CPU engines by the record)."""
     backend = ALIASES.get(backend, backend)
     candidates = AUTO_ORDER if backend == "auto" else FAMILIES.get(backend, (backend,))
     if any(c not in CHECKS for c in candidates):
-        raise BackendUnavailable(f"backend {backend!r}: unknown; choose auto, onnxruntime, torch, "
+        raise BackendUnavailable(f"backend {backend!r}: unknown; choose auto, onnxruntime, openvino, torch, "
                                  f"or one of {', '.join(BACKENDS)}")
-    skipped = {}
+    skipped, why = {}, ""
+    if backend in ("auto", "openvino"):
+        faster, why_not, why = _measured_cpu_engines(run)
+        if backend == "auto":
+            i = candidates.index(CPU_TIER)
+            candidates = (*candidates[:i], *faster, *candidates[i:])
+        else:  # the family: measured-faster members first, then the rest in FAMILIES order
+            candidates = (*[n for n in faster if n in candidates], *[n for n in candidates if n not in faster])
+        skipped.update({n: r for n, r in why_not.items() if n not in faster})
     for name in candidates:
         reason = backend_reasons(run, (name,))[name]
         if reason is None:
-            return name, skipped
+            if not why or not why.startswith(name + ":"):
+                why = f"{name}: " + ("the first usable backend of auto's order" if backend == "auto"
+                                     else f"as asked (--backend {backend})")
+            return name, {k: v for k, v in skipped.items() if k != name}, why
         skipped[name] = reason
     if len(skipped) == 1:
         raise BackendUnavailable(f"backend {backend}: {next(iter(skipped.values()))}")
     raise BackendUnavailable(f"backend {backend}: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+
+
+def explain(run: str | Path, backend: str = "auto") -> dict[str, Any]:
+    """{"backend": what `backend` picks for the bundle, "why": the reason, "skipped": {backend: reason}}."""
+    name, skipped, why = _select(Path(run), backend)
+    return {"backend": name, "why": why, "skipped": skipped}
 
 
 def load_predictor(run: str | Path, backend: str = "auto", graph_batches: tuple[int, ...] = (),
@@ -142,9 +213,9 @@ def load_predictor(run: str | Path, backend: str = "auto", graph_batches: tuple[
     `graph_batches` (torch CUDA only): batch sizes to capture as CUDA graphs; `threads` (ONNX Runtime
     only): intra-op threads, default = cores."""
     run = Path(run)
-    name, skipped = select_backend(run, backend)
+    name, skipped, why = _select(run, backend)
     predictor = _build(name, run, graph_batches, threads)
-    predictor.skipped = skipped
+    predictor.skipped, predictor.why = skipped, why
     return predictor
 
 
@@ -168,6 +239,40 @@ def _build_tensorrt(name: str, run: Path, graph_batches: tuple[int, ...], thread
     bundle = load_bundle(run, with_model=False)  # verified, like verify_bundle
     verify_onnx(run / "export" / ONNX_FILE, bundle.meta)  # the engine is named by this file's hash
     return TensorRTPredictor(_engine_path(run), bundle.classes, bundle.spec)
+
+
+def _build_ort_int8(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
+    from mmdeploy.bundle import verify_bundle
+    from mmdeploy.runtime.cpu_record import verified_source
+    from mmdeploy.runtime.ort_backend import OrtPredictor
+
+    meta = verify_bundle(run)
+    source, digest = verified_source(run, meta, name)  # an edited int8 file is refused here, never rebuilt
+    return OrtPredictor(source, name, threads, meta=meta, recorded=digest)
+
+
+def _build_openvino(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
+    from mmdeploy.bundle import verify_bundle
+    from mmdeploy.environment import cpu_info
+    from mmdeploy.runtime import openvino_backend as ovb
+    from mmdeploy.runtime.cpu_record import ENGINES, verified_cache, verified_source
+    from mmdeploy.spec import ClipSpec
+
+    meta = verify_bundle(run)
+    source, _ = verified_source(run, meta, name)
+    precision = ENGINES[name].precision
+    cache = verified_cache(run, meta, name, str(cpu_info()["key"]))  # edited: refused; another CPU: None
+    compiled = ovb.import_blob(cache[1], precision, threads) if cache else ovb.compile_file(source, precision, threads)
+    predictor = ovb.OpenVINOPredictor(compiled, meta["classes"], ClipSpec.from_dict(meta["spec"]), name, precision,
+                                      str(cache[0] if cache else source))
+    predictor.cache = cache[0] if cache else None
+    return predictor
+
+
+def _openvino_reason() -> str | None:
+    from mmdeploy.runtime.openvino_backend import openvino_reason
+
+    return openvino_reason()
 
 
 def _build_torch(name: str, run: Path, graph_batches: tuple[int, ...], threads: int | None) -> Predictor:
@@ -197,6 +302,12 @@ REGISTRY: dict[str, Backend] = {
     "torch-cpu": Backend(lambda: None, _build_torch),
     "onnxruntime-tensorrt": Backend(lambda: _ort_reason("TensorrtExecutionProvider"), _build_ort, ("onnx",)),
     "torch-cuda": Backend(_cuda_reason, _build_torch),
+    # CPU engines (runtime/cpu_record.py): made, accuracy-gated and timed by `mmdeploy export --target ...`
+    "openvino-int8": Backend(_openvino_reason, _build_openvino, ("onnx", "cpu-engine:openvino-int8")),
+    "openvino-bf16": Backend(_openvino_reason, _build_openvino, ("onnx", "cpu-engine:openvino-bf16")),
+    "onnxruntime-int8": Backend(lambda: _ort_reason("CPUExecutionProvider"), _build_ort_int8,
+                                ("onnx", "cpu-engine:onnxruntime-int8")),
+    "openvino-cpu": Backend(_openvino_reason, _build_openvino, ("onnx", "cpu-engine:openvino-cpu")),
 }
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "onnxruntime-cpu", "torch-cpu")
 BACKENDS = tuple(REGISTRY)
@@ -219,7 +330,9 @@ def doctor() -> dict[str, Any]:
     """What can run here: package versions, GPU, ONNX Runtime providers, and each backend's status."""
     import torch
 
-    versions = {m: _version(m) for m in ("torch", "onnx", "onnxruntime", "tensorrt", "av", "bentoml")}
+    from mmdeploy.environment import CPU_FEATURES, cpu_info
+
+    versions = {m: _version(m) for m in ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "av", "bentoml")}
     versions["python"] = platform.python_version()
     gpu = {"cuda": torch.cuda.is_available(), "name": torch.cuda.get_device_name(0) if torch.cuda.is_available()
            else None, "torch_cuda_build": torch.version.cuda}
@@ -230,5 +343,8 @@ def doctor() -> dict[str, Any]:
     except ImportError:
         providers = []
     reasons = backend_reasons()
-    return {"versions": versions, "gpu": gpu, "onnxruntime_providers": providers, "auto_order": list(AUTO_ORDER),
+    cpu = cpu_info()
+    cpu["features"] = {f: CPU_FEATURES[f] for f in cpu["features"]}
+    return {"versions": versions, "gpu": gpu, "cpu": cpu, "onnxruntime_providers": providers,
+            "auto_order": list(AUTO_ORDER),
             "backends": {k: {"usable": v is None, "reason": v} for k, v in reasons.items()}}

@@ -30,6 +30,7 @@ class Predictor(ABC):
     spec: ClipSpec
     max_batch: int | None = None
     skipped: dict[str, str] = {}  # set by load_predictor: backends `auto` passed over, with the reason
+    why: str = ""  # set by load_predictor: why this backend (for auto: the export's timing record, when it decided)
 
     def predict(self, audio: np.ndarray, video: np.ndarray) -> dict[str, np.ndarray]:
         return {k: softmax(v) for k, v in self.logits(audio, video).items()}

@@ -16,7 +16,8 @@ from mmdeploy.spec import ClipSpec
 BACKEND_PROVIDERS = {"onnxruntime-cpu": ("CPUExecutionProvider",),
                      "onnxruntime-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
                      "onnxruntime-tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                              "CPUExecutionProvider")}
+                                              "CPUExecutionProvider"),
+                     "onnxruntime-int8": ("CPUExecutionProvider",)}  # the int8 QDQ file of `--target onnx-int8`
 
 
 def cores() -> int:
@@ -44,17 +45,20 @@ def read_onnx_metadata(path: str | Path) -> tuple[ClipSpec, list[str], dict[str,
     return ClipSpec.from_json(props["mmdeploy.spec"]), json.loads(props["mmdeploy.classes"]), props
 
 
-def verify_onnx(path: str | Path, meta: dict) -> tuple[ClipSpec, list[str], dict[str, str]]:
+def verify_onnx(path: str | Path, meta: dict, recorded: str | None = None,
+                fix: str | None = None) -> tuple[ClipSpec, list[str], dict[str, str]]:
     """read_onnx_metadata, after checking the file against the verified model.json `meta` of its bundle:
-    its sha256 against `export.onnx_sha256` (recorded by `mmdeploy export`), and its metadata
-    (weights digest, spec, classes, architecture) against model.json. BundleError, one line, otherwise."""
+    its sha256 against `export.onnx_sha256` (recorded by `mmdeploy export`; or `recorded`, the digest model.json
+    keeps for a derived file such as an int8 one), and its metadata (weights digest, spec, classes,
+    architecture) against model.json. BundleError, one line, otherwise; `fix` says how to remake the file."""
     import hashlib
 
     from mmdeploy.errors import BundleError
 
     path = Path(path)
-    fix = f"re-export with `mmdeploy export {path.parent.parent} --onnx`"
-    recorded = (meta.get("export") or {}).get("onnx_sha256") if isinstance(meta.get("export"), dict) else None
+    fix = fix or f"re-export with `mmdeploy export {path.parent.parent} --onnx`"
+    if recorded is None:
+        recorded = (meta.get("export") or {}).get("onnx_sha256") if isinstance(meta.get("export"), dict) else None
     if recorded is None:
         raise BundleError(f"{path}: model.json records no digest for this ONNX file; {fix}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -88,11 +92,12 @@ def make_session(path: str | Path, providers: tuple[str, ...], threads: int | No
 
 class OrtPredictor(Predictor):
     """`meta` (the bundle's verified model.json) makes the file and its metadata checked against the
-    bundle (verify_onnx); without it the ONNX metadata alone gives classes and spec."""
+    bundle (verify_onnx; `recorded`: the digest to check it against, for a derived file such as an int8
+    one); without it the ONNX metadata alone gives classes and spec."""
 
     def __init__(self, onnx_path: str | Path, backend: str = "onnxruntime-cpu", threads: int | None = None,
-                 meta: dict | None = None):
-        read = read_onnx_metadata if meta is None else lambda p: verify_onnx(p, meta)
+                 meta: dict | None = None, recorded: str | None = None):
+        read = read_onnx_metadata if meta is None else lambda p: verify_onnx(p, meta, recorded)
         self.spec, self.classes, self.metadata = read(onnx_path)
         self.session = make_session(onnx_path, BACKEND_PROVIDERS[backend], threads)
         width = self.session.get_outputs()[0].shape[-1]
