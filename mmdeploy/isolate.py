@@ -1,7 +1,7 @@
 """Untrusted files are decoded in child processes: a decoder crash (FFmpeg can segfault on hostile bytes) or
 hang costs only that file, never the CLI, a folder run or the HTTP worker.
 
-The one mechanism: `Worker`, a child process forked from a forkserver that imported torch, PyAV and the
+The one mechanism: `Worker`, a child process forked from a forkserver that imported PyAV and the (numpy)
 feature code once. It runs jobs (a top-level function and its arguments) one after another and sends each
 answer back over a pipe; a streaming job sends items one by one (the pipe is the bounded queue: the child
 blocks while the parent does not read). The parent waits with a deadline: a worker that dies (signal N)
@@ -47,8 +47,10 @@ from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.settings import DECODE_TIMEOUT_S, cpu_count
 
 IDLE_WORKERS = max(2, cpu_count())  # healthy workers kept for reuse
-PRELOAD = ["mmdeploy.isolate", "mmdeploy.jobs", "mmdeploy.features", "mmdeploy.media", "av",
-           "mmdeploy.forkserver"]  # the last one warms up and freezes the heap (see its docstring)
+PRELOAD = ["mmdeploy.workerenv", "mmdeploy.isolate", "mmdeploy.jobs", "mmdeploy.numpy_features", "mmdeploy.media",
+           "av", "mmdeploy.forkserver"]  # the first: one BLAS thread; the last warms up and freezes the heap
+# (see their docstrings). No torch: features are numpy (mmdeploy.numpy_features), so a worker starts in
+# a fraction of a second and a CLI on ONNX Runtime / OpenVINO never loads torch at all.
 
 
 class WorkerLost(Exception):
@@ -76,8 +78,8 @@ def timeout_reason(timeout: float | None) -> str:
 
 
 def _context():
-    """forkserver with torch, PyAV and the feature code preloaded: each worker forks from a process that
-    imported them once (spawn would import torch per worker; fork is unsafe after torch threads start)."""
+    """forkserver with PyAV and the feature code preloaded: each worker forks from a process that imported
+    them once (spawn would import them per worker; fork is unsafe after torch or ONNX Runtime threads start)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
@@ -173,11 +175,8 @@ class Worker:
 def _serve(conn) -> None:
     """The worker's loop: (fn, args, stream) in; ("ok", value) | ("item", x)... ("end", None) |
     ("error", reason) out. Ends when the parent closes its end of the pipe."""
-    import torch
-
     from mmdeploy.errors import MmdeployError
 
-    torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     while True:
         try:

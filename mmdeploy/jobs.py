@@ -4,8 +4,9 @@ One item shape for a file's first window and for each window of a timeline:
 
     {file, audio [1,F,T] | None, video [3,N,H,W] | None, window{start, end}, timings_ms{decode, features}}
 
-as float32 numpy (pickled through the worker's pipe), computed by the one features function with the
-bundle's spec. A bad file is {"file", "error": reason} (file_job) or MediaError (window_jobs, mid-stream
+as float32 numpy (pickled through the worker's pipe), computed with the bundle's spec by
+`mmdeploy.numpy_features` (torch-free: a decode worker never imports torch; held to `mmdeploy.features`, the
+training reference, within numpy_features.TOLERANCE by tests/test_features.py). A bad file is {"file", "error": reason} (file_job) or MediaError (window_jobs, mid-stream
 too); exceptions with custom constructors do not cross processes cleanly, so reasons travel as text.
 """
 from __future__ import annotations
@@ -24,13 +25,12 @@ FAST = DecodeOptions()
 
 
 def clip_features(clip, spec: ClipSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Clip -> (audio [1,F,T] | None, video [3,N,H,W] | None) as float32 numpy, via the one features function."""
-    from mmdeploy.features import compute_features
+    """Clip -> (audio [1,F,T] | None, video [3,N,H,W] | None) as float32 numpy (numpy_features, no torch)."""
+    from mmdeploy.numpy_features import compute_features
 
     if not (clip.has_audio or clip.has_video):
         raise MediaError(clip.path, "no audio or video track")
-    audio, video = compute_features(clip, spec)
-    return (None if audio is None else audio.numpy(), None if video is None else video.numpy())
+    return compute_features(clip, spec)
 
 
 def clip_window(clip) -> dict[str, float]:

@@ -202,6 +202,69 @@ def _drain(items: Iterator[dict[str, Any]], feed: queue.Queue, stop: threading.E
 
 
 # ---- infer ------------------------------------------------------------------------------------------
+class LoadingPredictor:
+    """A predictor that loads in a background thread while the decoders already work: `spec` is known up
+    front (`bundle_spec`: the bundle's model.json, checked again when the predictor is built), every other
+    attribute (`predict`, `classes`, `backend`, ...) waits for `load()` to finish and raises its error (a
+    tampered bundle: BundleError). A cold `mmdeploy classify` overlaps loading the model with decoding its
+    first file this way."""
+
+    def __init__(self, load: Callable[[], Any], spec):
+        self.spec = spec
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(load,), daemon=True, name="mmdeploy-model").start()
+
+    def _run(self, load: Callable[[], Any]) -> None:
+        try:
+            self._value = load()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self):
+        """The loaded predictor (waits for it); its spec must be the one decoding started with."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        if self._value.spec != self.spec:
+            from mmdeploy.errors import BundleError
+
+            raise BundleError("the model's spec changed while it was loading (model.json rewritten?); run again")
+        return self._value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.result(), name)
+
+
+def load_model(run: str | Path, backend: str = "auto", threads: int | None = None):
+    """runtime.load_predictor with `threads` intra-op threads (default inference_threads()): ONNX Runtime
+    and OpenVINO take them as an argument, torch (imported only by its own backends, never for the others)
+    as its process-wide setting."""
+    from mmdeploy.runtime import load_predictor
+
+    threads = threads or inference_threads()
+    predictor = load_predictor(run, backend, threads=threads)
+    if predictor.backend.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(threads)
+    return predictor
+
+
+def bundle_spec(run: str | Path):
+    """The ClipSpec in RUN/model.json, read without loading or verifying anything else (that is the
+    predictor's job): enough to start decoding while the model loads. BundleError for a missing bundle."""
+    from mmdeploy.bundle import META, read_meta
+    from mmdeploy.spec import ClipSpec
+
+    return ClipSpec.from_dict(read_meta(run)["spec"], where=f"{Path(run) / META}: spec")
+
+
 def infer(items: list[dict[str, Any]], predictor) -> list[dict[str, np.ndarray]]:
     """Batch of feature items (audio/video arrays or None) -> per item {"fused", "audio"?, "video"?}
     probabilities, absent inputs fed as zeros and their heads dropped; "fused" is the present
@@ -284,7 +347,8 @@ class Timeline:
         row = {"start": item["window"]["start"], "end": item["window"]["end"], "label": d["label"],
                "score": d["score"]}
         self.windows.append(row)
-        return {"file": self.path, **row, "probs": d["probs"], "modalities": d["modalities"]}
+        return {"file": self.path, **row, "probs": d["probs"], "modalities": d["modalities"],
+                "per_modality": d["per_modality"]}
 
     def result(self) -> dict[str, Any]:
         if not self.windows:

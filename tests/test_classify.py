@@ -205,8 +205,11 @@ def test_both_tracks_use_fused_head_and_attribute(clips, predictor):
 # ---- train/serve skew ----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["av", "audio"])
 def test_features_equal_training_features(clips, predictor, tmp_path, kind):
-    """classify's tensors for a file == the tensors training reads for it from the feature cache
-    (computed, stored as .npy, read back)."""
+    """classify's tensors for a file (numpy_features, in the decode worker) == the tensors training reads
+    for it from the feature cache (torch's features, stored as .npy, read back), within the one stated
+    tolerance: frames bit-identical, spectrograms to numpy_features.TOLERANCE."""
+    from mmdeploy.numpy_features import TOLERANCE
+
     from mmdeploy.data.cache import FeatureCache
     from mmdeploy.data.manifest import Item
 
@@ -216,7 +219,7 @@ def test_features_equal_training_features(clips, predictor, tmp_path, kind):
     assert cache.has(item)
     audio, video = cache.get(item)
     job = file_job(str(clips[kind]), predictor.spec)
-    assert np.array_equal(job["audio"], audio.numpy())
+    assert np.abs(job["audio"] - audio.numpy()).max() <= TOLERANCE["audio"]
     assert (job["video"] is None) == (video is None) == (kind == "audio")
     if video is not None:
         assert np.array_equal(job["video"], video.numpy())

@@ -17,14 +17,9 @@ CHUNK = 1024  # files handed to the decode pool at a time (bounds what the drive
 
 def run_local(todo: list[Source], job: Job, model: str, files_done: Callable[[list[dict]], None]) -> None:
     """pipeline.decode_files over chunks of files (or isolated timeline streams), rows to `files_done`."""
-    import torch
-
     from mmdeploy.classify import classify_files
-    from mmdeploy.runtime import load_predictor
 
-    threads = pipeline.inference_threads()
-    torch.set_num_threads(threads)
-    predictor = load_predictor(job.model, job.backend, threads=threads)
+    predictor = pipeline.load_model(job.model, job.backend)  # torch only for a torch backend
     if job.timeline:
         run_local_timelines(todo, job, model, predictor, files_done)
         return

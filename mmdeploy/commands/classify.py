@@ -10,10 +10,16 @@ import typer
 
 
 class Backend(str, enum.Enum):
+    """--backend of batch and serve (classify takes any name of the registry: BACKEND_HELP)."""
     auto = "auto"
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     tensorrt = "tensorrt"
+
+
+BACKEND_HELP = ("Runtime: auto (the best usable), a family (onnxruntime, openvino, torch, tensorrt) or one backend "
+                "of the registry (onnxruntime-cpu, openvino-int8, torch-cpu, ...: `mmdeploy doctor` lists them).")
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +29,7 @@ def register(app: typer.Typer) -> None:
     def classify(
         files: list[str] = typer.Argument(..., help="Media files, folders (searched recursively) or globs."),
         model: Optional[Path] = typer.Option(None, "--model", help="Run folder (bundle); default: newest under runs/."),
-        backend: Backend = typer.Option(Backend.auto, "--backend", help="Runtime; auto picks the best available."),
+        backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line (per file; per window too "
                                                           "with --window, then the file's object with `windows`)."),
         top_k: int = typer.Option(5, "--top-k", min=1, help="How many classes to list."),
@@ -56,32 +62,32 @@ def register(app: typer.Typer) -> None:
 
             if len(files) != 1:
                 raise ConfigError(f"--live: give one SOURCE (a URL, - for stdin, or a device), got {len(files)}")
-            return run_watch(files[0], model, backend.value, as_json, top_k, window, hop)
+            return run_watch(files[0], model, backend, as_json, top_k, window, hop)
+        from mmdeploy.isolate import prestart
+
+        prestart()  # first: the decode worker's start (a process that imports PyAV) overlaps all below
         from mmdeploy.settings import Settings
 
         settings = Settings.from_env()  # the edge: read once, passed down
-        from mmdeploy.isolate import prestart
-
-        prestart()  # the decode worker's imports overlap with loading the model
-        import torch
-
         from mmdeploy.bundle import latest_bundle
         from mmdeploy.classify import classify_files, classify_timeline, format_result, format_window
         from mmdeploy.errors import MediaError
-        from mmdeploy.pipeline import decode_options, expand_paths, inference_threads
-        from mmdeploy.runtime import load_predictor
+        from mmdeploy.pipeline import (LoadingPredictor, bundle_spec, decode_options, expand_paths, inference_threads,
+                                       load_model)
 
         options = decode_options(settings)
         timeout = timeout if timeout is not None else settings.decode_timeout_s
         threads = inference_threads()
-        torch.set_num_threads(threads)
-        predictor = load_predictor(model if model is not None else latest_bundle("runs"), backend.value,
-                                   threads=threads)
+        run = model if model is not None else latest_bundle("runs")
+        # the model loads (and the bundle is verified) while the first file decodes with the bundle's spec;
+        # torch is imported only for a torch backend (an ONNX Runtime / OpenVINO run never loads it)
+        predictor = LoadingPredictor(lambda: load_model(run, backend, threads), bundle_spec(run))
         paths, errors = expand_paths(files, limit)
         failed = False
 
         def emit(result: dict) -> None:
             nonlocal failed
+            predictor.result()  # a bundle that fails to load is the one error printed, before any file's
             if "error" in result:
                 failed = True
                 typer.echo(f"error: {result['file']}: {result['error']}", err=True)
@@ -116,5 +122,7 @@ def register(app: typer.Typer) -> None:
                         emit(result)
                 except MediaError as exc:
                     emit({"file": str(path), "error": exc.reason})
+        predictor.result()  # no input at all: the bundle is still checked
         if failed:
             raise typer.Exit(2)
+

@@ -35,7 +35,21 @@ FAMILIES = {"onnxruntime": ("onnxruntime-cuda", "onnxruntime-cpu"), "torch": ("t
 CPU_TIER = "onnxruntime-cpu"  # auto puts the measured-faster CPU engines right before this one
 
 
+def _nvidia_device() -> bool:
+    """Whether this machine shows an NVIDIA GPU at all (a driver device node, or WSL's GPU device), decided
+    without importing torch: on a CPU machine `auto` then passes the torch CUDA backends over without loading
+    torch (2-3 s of a cold `mmdeploy classify` on ONNX Runtime or OpenVINO)."""
+    import glob
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/proc/driver/nvidia/gpus/*") or os.path.exists("/dev/dxg"))
+
+
 def _cuda_reason() -> str | None:
+    if not _nvidia_device():
+        return "no NVIDIA GPU on this machine (no /dev/nvidia* device), so no CUDA GPU for torch"
     import torch
 
     if not torch.cuda.is_available():

@@ -35,11 +35,14 @@ def usable_providers(wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def read_onnx_metadata(path: str | Path) -> tuple[ClipSpec, list[str], dict[str, str]]:
-    """(spec, classes, all metadata_props) of an ONNX file written by `mmdeploy export`."""
-    import onnx
+    """(spec, classes, all metadata_props) of an ONNX file written by `mmdeploy export` (read without the
+    onnx package: runtime/onnx_props.py)."""
+    from mmdeploy.runtime.onnx_props import metadata_props
 
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        props = metadata_props(Path(path).read_bytes())
+    except ValueError as exc:
+        raise MmdeployError(f"{path}: not a readable ONNX file ({exc}); re-export with `mmdeploy export RUN`") from None
     if "mmdeploy.spec" not in props or "mmdeploy.classes" not in props:
         raise MmdeployError(f"{path}: ONNX file has no mmdeploy metadata; re-export with `mmdeploy export RUN`")
     return ClipSpec.from_json(props["mmdeploy.spec"]), json.loads(props["mmdeploy.classes"]), props
