@@ -29,6 +29,7 @@ from mmdeploy.results import ClassifyResult, TimelineResult
 from mmdeploy.serving import answers as core
 from mmdeploy.serving.bounds import count_problem, timeline_problem
 from mmdeploy.serving.guard import UploadGuard
+from mmdeploy.serving.headers import ResponseRules
 from mmdeploy.serving.remote import KEEP_SESSION, RemotePredictor, stack_probs, unpack
 from mmdeploy.serving.schema import OpenAPIPatch
 from mmdeploy.settings import Settings
@@ -36,6 +37,7 @@ from mmdeploy.settings import Settings
 SETTINGS = Settings.from_env()  # the edge: every knob read once, here
 DECODE = pipeline.decode_options(SETTINGS)
 log = logging.getLogger("mmdeploy.service")
+core.one_copy_of_server_logs()
 
 
 @bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.request_timeout_s},
@@ -193,6 +195,7 @@ class AVClassifier:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
+AVClassifier.add_asgi_middleware(ResponseRules)  # outermost of ours: nosniff, path-only redirects, JSON errors
 AVClassifier.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS.max_upload_bytes)
 AVClassifier.add_asgi_middleware(OpenAPIPatch)
 AVClassifier.mount_asgi_app(StaticFiles(directory=Path(__file__).parent / "ui", html=True), path="/ui", name="ui")

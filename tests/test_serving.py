@@ -390,8 +390,109 @@ def test_openapi_declares_models_errors_and_ndjson(server):
     assert list(ops["/timeline"]["responses"]["200"]["content"]) == ["application/x-ndjson"]
     schemas = set(spec["components"]["schemas"])
     assert {"ClassifyResult", "TimelineWindow", "TimelineResult", "ErrorBody", "Window"} <= schemas
-    page = httpx.get(server + "/")  # BentoML's Swagger page, reading /docs.json
+    page = httpx.get(server + "/")  # Swagger UI from this server's files, reading /docs.json
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+def test_openapi_states_what_the_server_enforces(server, media_dir):
+    """The upload is required, window/hop are 0 or [0.1, 600] s in the document, and the server answers just
+    that: values on the bounds are taken, values past them are a 400 (the issue: unbounded numbers, body optional)."""
+    spec = httpx.get(server + "/docs.json").json()
+    for route in ("/classify", "/timeline"):
+        body = spec["paths"][route]["post"]["requestBody"]
+        assert body["required"] is True
+        assert "video" in body["content"]["multipart/form-data"]["schema"]["required"]
+    fields = spec["paths"]["/timeline"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert fields["window"]["anyOf"] == [{"enum": [0]}, {"minimum": 0.1, "maximum": 600.0}]
+    assert fields["hop"]["anyOf"] == [{"enum": [0]}, {"minimum": 0.1, "maximum": 600.0}]
+    clip = media_dir / "grid_s1_bbaf2n.mpg"
+    for window, ok in [("0", True), ("0.1", True), ("600", True), ("0.09", False), ("600.01", False)]:
+        r = post(server, clip, endpoint="/timeline", window=window, hop="2")
+        assert (r.status_code == 200) == ok, (window, r.status_code, r.text[:200])
+
+
+def test_every_rejection_is_one_json_line_and_no_traceback(server, media_dir):
+    """What BentoML's own parsing refused (a 400-digit window: {"detail": [...]} and an ERROR traceback), what
+    it took silently (a field twice, window as a file) and what Starlette answers in plain text (GET on an
+    upload route) are all the project's {"error": ...} alone."""
+    clip = (media_dir / "grid_s1_bbaf2n.mpg").read_bytes()
+    before = server_log().count("Traceback")
+    cases = [
+        ({"files": {"video": ("a.mpg", clip)}, "data": {"window": "1" * 400}}, 400, "finite"),
+        ({"files": {"video": ("a.mpg", clip)}, "data": {"hop": "-" + "9" * 400}}, 400, "finite"),
+        ({"files": [("video", ("a.mpg", clip)), ("window", (None, "1")), ("window", (None, "2"))]}, 400, "once"),
+        ({"files": [("video", ("a.mpg", clip)), ("hop", ("h.txt", b"1"))]}, 400, "is a file"),
+        ({"files": [("video", ("a.mpg", clip)), ("video", ("b.mpg", clip))]}, 400, "once"),
+        ({}, 415, "multipart"),
+    ]
+    for kwargs, status, words in cases:
+        r = httpx.post(server + "/timeline", timeout=60, **kwargs)
+        assert r.status_code == status and list(r.json()) == ["error"] and words in r.json()["error"], r.text
+    r = httpx.get(server + "/classify", timeout=30)
+    assert r.status_code == 405 and list(r.json()) == ["error"] and r.headers["allow"] == "POST", r.text
+    time.sleep(0.5)
+    assert server_log().count("Traceback") == before
+
+
+@pytest.mark.parametrize("name", ["a" * 241 + ".mpg", "b" * 251 + ".mpg", "c" * 255, "é" * 125 + ".mpg",
+                                  "clip " * 50 + "x.mpg"])
+def test_any_file_name_the_guard_allows_is_classified(server, media_dir, name):
+    """Names up to the 255-byte limit (BentoML wrote tmpXXXXXXXX + the client's name: past 255 bytes, a 500);
+    the name is echoed back and never used on disk."""
+    assert len(name.encode()) <= 255
+    r = post(server, name=name, data=(media_dir / "grid_s1_bbaf2n.mpg").read_bytes())
+    assert r.status_code == 200 and r.json()["file"] == name, r.text[:300]
+
+
+def raw_post(url: str, head: bytes, body: bytes) -> bytes:
+    """Send `head` + `body` on one connection as they are; everything the server sends back until it closes."""
+    import socket
+
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    out = b""
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head + body)
+        try:
+            while data := s.recv(65536):
+                out += data
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return out
+
+
+def test_a_content_length_shorter_than_the_body_is_one_log_line(server, media_dir):
+    """The bytes past Content-Length are a second, malformed request: the first is answered, uvicorn refuses
+    the rest, and the log says so once (BentoML's logging printed each uvicorn line twice), no traceback."""
+    clip = (media_dir / "grid_s1_bbaf2n.mpg").read_bytes()
+    part = b'--b\r\nContent-Disposition: form-data; name="video"; filename="a.mpg"\r\n\r\n' + clip + b"\r\n--b--\r\n"
+    head = (b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(part))
+    before = server_log().splitlines()
+    out = raw_post(server, head, part + b"x" * 100_000)
+    assert out.startswith(b"HTTP/1.1 200"), out[:300]
+    time.sleep(1.0)
+    new = server_log().splitlines()[len(before):]
+    assert [line for line in new if "Invalid HTTP request" in line][1:] == [], new
+    assert not [line for line in new if "Traceback" in line or "Exception in ASGI" in line], new
+    short = head.replace(b"%d" % len(part), b"100")
+    out = raw_post(server, short, part)
+    assert out.startswith(b"HTTP/1.1 400") and b'{"error": ' in out, out[:300]
+
+
+def test_the_docs_page_makes_no_outside_request_and_answers_are_nosniff(server):
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text and "validatorUrl: null" in page.text
+    assert not re.findall(r'(?:src|href)="(?:https?:)?//', page.text), page.text  # nothing from elsewhere
+    assert "googletagmanager" not in page.text
+    for path in ("/", "/docs.json", "/readyz", "/ui/", "/static_content/swagger-ui.css", "/no-such-page"):
+        assert httpx.get(server + path).headers.get("x-content-type-options") == "nosniff", path
+    r = httpx.post(server + "/classify", timeout=30)
+    assert r.headers.get("x-content-type-options") == "nosniff"
+
+
+def test_a_redirect_stays_on_this_server_whatever_the_host_header(server):
+    r = httpx.get(server + "/ui", headers={"host": "evil.example"}, follow_redirects=False)
+    assert r.status_code in (301, 302, 307, 308) and r.headers["location"] == "/ui/", r.headers
 
 
 def test_oversize_upload_is_413_early(server):

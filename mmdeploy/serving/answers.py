@@ -128,3 +128,13 @@ def explain(exc: BaseException, name: str, timeout_s: float) -> tuple[int, str]:
 def upload_name(request) -> str:
     """The client's file name of the upload (recorded by UploadGuard), else 'upload'."""
     return request.scope.get("state", {}).get("mmdeploy_upload") or "upload"
+
+
+def one_copy_of_server_logs() -> None:
+    """BentoML's server logging gives `uvicorn.error` a handler of its own and also lets its records reach the
+    root logger's handler (the same stream): every line uvicorn logs ("Invalid HTTP request received.",
+    "Exception in ASGI application" and its traceback) came out twice. Call in the worker, after BentoML
+    configured logging (service import time): the logger keeps its own handler and stops passing records up."""
+    server = logging.getLogger("uvicorn.error")
+    if server.handlers and logging.getLogger().handlers:
+        server.propagate = False

@@ -49,21 +49,48 @@ def name_problem(filename: str) -> str | None:
     return None
 
 
-def fields_problem(parts: list[dict[str, Any]]) -> str | None:
-    """Why the form fields beside the file are refused (too long; window/hop not a number), or None."""
+def fields_problem(parts: list[dict[str, Any]], timeline: bool = False) -> str | None:
+    """Why the form fields beside the file are refused, or None: a field too long, sent twice, window/hop
+    sent as a file or not a finite number and, on /timeline (`timeline`), out of `timeline_problem`'s bounds.
+    What passes here, the service's own parsing accepts (no request reaches it to fail there)."""
+    seen: set[str] = set()
+    numbers = {}
     for part in parts:
-        if "filename" in part:
-            continue
         name = str(part.get("name"))[:40]
+        if name in (FIELD, *NUMBER_FIELDS):
+            if name in seen:
+                return f"form field {name!r} sent more than once; send it once"
+            seen.add(name)
+        if "filename" in part:
+            if name in NUMBER_FIELDS:
+                return f"form field {name!r} is a file; send a number of seconds, e.g. -F {name}=5"
+            continue
         if part["size"] > MAX_FIELD_BYTES:
             return f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes"
         if name in NUMBER_FIELDS:
             text = part.get("value", b"").decode("utf-8", "replace").strip()
             try:
-                float(text)
+                numbers[name] = float(text)
             except ValueError:
                 return f"form field {name!r}={text[:40]!r}: expected a number of seconds"
+            if not math.isfinite(numbers[name]):
+                return f"form field {name!r}={text[:40]!r}: not a finite number of seconds"
+    if timeline:
+        return timeline_problem(numbers.get("window", 0.0), numbers.get("hop", 0.0))
     return None
+
+
+def number_schema(low: float, default: float = 0.0) -> dict[str, Any]:
+    """OpenAPI schema of a window/hop form field: 0 or [low, MAX_WINDOW_S] seconds."""
+    return {"type": "number", "default": default, "anyOf": [{"enum": [0]}, {"minimum": low, "maximum": MAX_WINDOW_S}],
+            "description": f"seconds: 0, or {low:g} to {MAX_WINDOW_S:g}"}
+
+
+def disk_name(name: str) -> str:
+    """The name an upload is written to disk under: 'upload' and the client's extension when it is plain
+    (1-10 ASCII letters and digits; it helps a demuxer guess the format), never the client's name itself."""
+    stem, dot, ext = name.rpartition(".")
+    return "upload." + ext.lower() if dot and stem and ext.isascii() and ext.isalnum() and len(ext) <= 10 else "upload"
 
 
 def base_name(filename: str) -> str:

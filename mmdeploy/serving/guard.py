@@ -1,14 +1,23 @@
-"""`UploadGuard`: checks POST bodies on the upload routes before the service parses them (see __init__)."""
+"""`UploadGuard`: checks POST bodies on the upload routes before the service parses them (see __init__).
+
+Whatever the guard lets through, the service's own parsing accepts: every field is checked here the way
+BentoML's pydantic model would read it (a finite number, within the bounds, sent once), so a bad request is
+answered here in one JSON line and never becomes BentoML's `{"detail": [...]}` with a traceback in the log.
+The upload's file name is the client's to echo back (`file` in the answer), never a name on disk: the part's
+Content-Disposition is rewritten, on the way through, to `bounds.disk_name` (BentoML writes the part to a
+temporary file named after it, and `tmpXXXXXXXX` + 255 bytes is past what a file system allows).
+"""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from typing import Any
 
-from mmdeploy.serving.bounds import FIELD, MAX_FIELD_BYTES, MAX_FIELDS, base_name, fields_problem, name_problem
+from mmdeploy.serving.bounds import (FIELD, MAX_FIELD_BYTES, MAX_FIELDS, base_name, disk_name, fields_problem,
+                                     name_problem)
 
 SPOOL_BYTES = 1 << 20  # request bodies above this spill from memory to a temporary file
+CHUNK = 1 << 16  # bytes per replayed message
 
 
 class UploadTooLarge(Exception):
@@ -56,15 +65,19 @@ class UploadGuard:
                 seen = ", ".join(repr(p.get("name"))[:40] for p in parts[:5]) or "none"
                 return await _reply(send, 400, f"no file in the multipart field '{FIELD}' (fields sent: {seen}); "
                                                f"e.g. curl -F {FIELD}=@clip.mp4 URL")
-            problem = name_problem(video[0]["filename"]) or fields_problem(parts)
+            problem = name_problem(video[0]["filename"]) or fields_problem(parts, scope["path"] == "/timeline")
             if problem:
                 return await _reply(send, 400, problem)
             name = base_name(video[0]["filename"])
             if video[0]["size"] == 0:
                 return await _reply(send, 422, f"{name}: empty file")
             scope.setdefault("state", {})["mmdeploy_upload"] = name
+            start, end = video[0]["disposition"]
+            patch = (start, end, f'form-data; name="{FIELD}"; filename="{disk_name(name)}"'.encode())
+            total = body.tell()
             body.seek(0)
-            await self.app(scope, _replay(body, receive), send)
+            scope = {**scope, "headers": _with_length(scope["headers"], total + len(patch[2]) - (end - start))}
+            await self.app(scope, _replay(body, patch, receive), send)
         finally:
             body.close()
 
@@ -79,28 +92,34 @@ def _boundary(content_type: str) -> bytes | None:
 
 
 async def _spool(receive, body, boundary: bytes, max_bytes: int) -> list[dict[str, Any]]:
-    """Read the request into `body`, counting bytes, and parse part headers on the way:
-    [{name, filename?, size}] per part. Raises UploadTooLarge past max_bytes, ValueError if malformed."""
+    """Read the request into `body`, counting bytes, and parse part headers on the way: [{name, filename?,
+    size, disposition: (start, end) byte offsets of its Content-Disposition value, value?}] per part.
+    Raises UploadTooLarge past max_bytes, ValueError if malformed."""
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     parts: list[dict[str, Any]] = []
-    header: dict[str, bytes] = {"field": b"", "value": b""}
+    header: dict[str, Any] = {"field": b"", "value": b"", "start": None, "end": None}
     current: dict[str, Any] = {}
+    offset = 0  # of the chunk being parsed, in the whole body
 
     def on_header_field(data, start, end):
         header["field"] += data[start:end]
 
     def on_header_value(data, start, end):
         header["value"] += data[start:end]
+        if header["start"] is None:
+            header["start"] = offset + start
+        header["end"] = offset + end
 
     def on_header_end():
-        if header["field"].lower() == b"content-disposition":
+        if header["field"].lower() == b"content-disposition" and header["start"] is not None:
             _, options = parse_options_header(header["value"])
             current["name"] = options.get(b"name", b"").decode("utf-8", "replace")
             if b"filename" in options:
                 current["filename"] = options[b"filename"].decode("utf-8", "replace")
-        header["field"], header["value"] = b"", b""
+            current["disposition"] = (header["start"], header["end"])
+        header.update(field=b"", value=b"", start=None, end=None)
 
     def on_part_begin():
         current.clear()
@@ -119,14 +138,12 @@ async def _spool(receive, body, boundary: bytes, max_bytes: int) -> list[dict[st
     parser = MultipartParser(boundary, {"on_header_field": on_header_field, "on_header_value": on_header_value,
                                         "on_header_end": on_header_end, "on_part_begin": on_part_begin,
                                         "on_part_data": on_part_data, "on_part_end": on_part_end})
-    total = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ValueError("client disconnected")
         chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > max_bytes:
+        if offset + len(chunk) > max_bytes:
             raise UploadTooLarge()
         body.write(chunk)
         try:
@@ -136,29 +153,49 @@ async def _spool(receive, body, boundary: bytes, max_bytes: int) -> list[dict[st
         except TooManyFields:
             raise ValueError(f"more than {MAX_FIELDS} fields; send the file in '{FIELD}' and at most "
                              "the fields window and hop") from None
+        offset += len(chunk)
         if not message.get("more_body", False):
             break
     parser.finalize()
     return parts
 
 
-def _replay(body, receive, chunk: int = 1 << 16):
-    """An ASGI receive that serves the spooled body again, then defers to the real one (disconnects)."""
+def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    """The request headers with Content-Length set to `length` (the replayed body's, after the rewrite)."""
+    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+    return [*kept, (b"content-length", str(length).encode())]
+
+
+def _chunks(body, patch: tuple[int, int, bytes]):
+    """The spooled body with bytes [start, end) replaced by `patch`'s bytes, in chunks of at most CHUNK."""
+    start, end, data = patch
+    left = start
+    while left > 0:
+        block = body.read(min(CHUNK, left))
+        if not block:
+            return
+        left -= len(block)
+        yield block
+    yield data
+    body.seek(end)
+    while block := body.read(CHUNK):
+        yield block
+
+
+def _replay(body, patch: tuple[int, int, bytes], receive):
+    """An ASGI receive that serves the spooled (and patched) body again, then defers to the real one
+    (disconnects)."""
+    chunks = _chunks(body, patch)
+    pending = next(chunks, b"")
     done = False
 
     async def replay():
-        nonlocal done
+        nonlocal pending, done
         if done:
             return await receive()
-        data = body.read(chunk)
-        more = len(data) == chunk
-        if more:
-            rest = body.read(1)
-            more = bool(rest)
-            if more:
-                body.seek(-1, os.SEEK_CUR)
-        done = not more
-        return {"type": "http.request", "body": data, "more_body": more}
+        data, pending = pending, next(chunks, None)
+        done = pending is None
+        return {"type": "http.request", "body": data, "more_body": not done}
 
     return replay
 

@@ -1,9 +1,12 @@
-"""What the HTTP service answers, in its OpenAPI document at /docs.json (page: /docs): the result models of
-mmdeploy/results.py, our error answers, and /timeline declared as NDJSON.
+"""What the HTTP service answers, in its OpenAPI document at /docs.json (page: /): the result models of
+mmdeploy/results.py, our error answers, the request bounds, and /timeline declared as NDJSON.
 
-BentoML declares only a 200 answer and its own error shapes; `patch_openapi` adds ours (400, 413, 415, 422,
-503), declares /timeline as application/x-ndjson with its line schemas, and is applied by `OpenAPIPatch`
-(ASGI middleware on GET /docs.json).
+BentoML declares only a 200 answer and its own error shapes, and an upload that is optional with window/hop
+unbounded; `patch_openapi` adds our answers (400, 413, 415, 422, 503), marks the body and its `video` file
+required, gives window/hop the bounds the upload guard enforces (0, or [0.1, 600] s), declares /timeline as
+application/x-ndjson with its line schemas. `OpenAPIPatch` (ASGI middleware) applies it on GET /docs.json
+and answers GET / with `DOCS_PAGE`: BentoML's Swagger UI files from this server, without the third-party
+tag manager BentoML's own page loads (an offline deployment makes no outside request).
 """
 from __future__ import annotations
 
@@ -11,6 +14,31 @@ import json
 from typing import Any
 
 from mmdeploy.results import ClassifyResult, ErrorBody, TimelineResult, TimelineWindow
+from mmdeploy.serving.bounds import FIELD, MIN_HOP_S, MIN_WINDOW_S, number_schema
+
+DOCS_PAGE = b"""<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="UTF-8">
+  <title>mmdeploy: audio-video classifier API</title>
+  <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css">
+  <link rel="stylesheet" type="text/css" href="./static_content/index.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+  <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+  <script>
+    window.onload = function () {
+      window.ui = SwaggerUIBundle({url: "./docs.json", dom_id: "#swagger-ui", deepLinking: true,
+        presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset], layout: "BaseLayout",
+        validatorUrl: null});
+    };
+  </script>
+  <p style="font-family: sans-serif; margin: 1em 2em">The browser page: <a href="./ui/">/ui</a></p>
+</body>
+</html>
+"""
 
 ERRORS = {
     400: "malformed request: no file in the field `video`, a malformed multipart body, too many fields, a bad "
@@ -35,6 +63,17 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     errors = {str(code): {"description": text, "content": {"application/json": {"schema": {"$ref": ref("ErrorBody")}}}}
               for code, text in ERRORS.items()}
     paths = spec.get("paths", {})
+    for route in ("/classify", "/timeline"):
+        body = paths.get(route, {}).get("post", {}).get("requestBody")
+        if body:
+            body["required"] = True
+            for media in body.get("content", {}).values():
+                form = media.get("schema", {})
+                form["required"] = sorted({*form.get("required", []), FIELD})
+                fields = form.get("properties", {})
+                for name, low in (("window", MIN_WINDOW_S), ("hop", MIN_HOP_S)):
+                    if name in fields:
+                        fields[name] = {"title": fields[name].get("title", name.title()), **number_schema(low)}
     if "post" in paths.get("/classify", {}):
         op = paths["/classify"]["post"]
         op["responses"] = {"200": {"description": "the result", "content": {
@@ -49,13 +88,18 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenAPIPatch:
-    """ASGI middleware: GET /docs.json answers `patch_openapi` of what the app answers."""
+    """ASGI middleware: GET /docs.json answers `patch_openapi` of what the app answers; GET / the DOCS_PAGE."""
 
-    def __init__(self, app, path: str = "/docs.json"):
+    def __init__(self, app, path: str = "/docs.json", page: str = "/"):
         self.app = app
-        self.path = path
+        self.path, self.page = path, page
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"] == self.page:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                                    (b"content-length", str(len(DOCS_PAGE)).encode())]})
+            return await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else DOCS_PAGE})
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
         start: dict[str, Any] = {}
