@@ -3,8 +3,8 @@
 
 A rule fires on the window where probs[LABEL] first reaches THRESHOLD (a rising edge: not again on the windows
 after it while it stays there; again once it fell below and rises anew). An action gets the window's line as
-JSON: on its standard input (exec, with MMDEPLOY_LABEL, MMDEPLOY_SCORE, MMDEPLOY_START, MMDEPLOY_END,
-MMDEPLOY_SOURCE in its environment) or as a POST body (webhook). Actions run beside the stream, never in
+JSON: on its standard input (exec, with LIVE_LABEL, LIVE_SCORE, LIVE_START, LIVE_END, LIVE_SOURCE
+in its environment) or as a POST body (webhook). Actions run beside the stream, never in
 its way: one at a time per rule; a detection while the previous action still runs is said and skipped; an
 action is killed after `ACTION_TIMEOUT_S`. Each outcome comes back as an event line through `say`.
 """
@@ -86,9 +86,9 @@ class Detector:
     def _act(self, rule: Rule, line: dict[str, Any], score: float) -> None:
         body = json.dumps(line).encode()
         if self.command:
-            env = {**os.environ, "MMDEPLOY_LABEL": rule.label, "MMDEPLOY_SCORE": f"{score:.6f}",
-                   "MMDEPLOY_START": str(line["start"]), "MMDEPLOY_END": str(line["end"]),
-                   "MMDEPLOY_SOURCE": str(line.get("source", ""))}
+            env = {**os.environ, "LIVE_LABEL": rule.label, "LIVE_SCORE": f"{score:.6f}",
+                   "LIVE_START": str(line["start"]), "LIVE_END": str(line["end"]),
+                   "LIVE_SOURCE": str(line.get("source", ""))}
             try:
                 done = subprocess.run(self.command, input=body, env=env, timeout=ACTION_TIMEOUT_S,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -76,6 +76,8 @@ class TimelineWindow(_Open):
     score: float
     probs: dict[str, float]
     modalities: list[str]
+    per_modality: PerModality | None = Field(None, description="each modality's own head on this window (the "
+                                                               "/ui page's audio and video lanes)")
 
 
 class TimelineResult(ClassifyResult):

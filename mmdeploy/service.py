@@ -30,6 +30,7 @@ from mmdeploy.serving import answers as core
 from mmdeploy.serving.bounds import count_problem, timeline_problem
 from mmdeploy.serving.guard import UploadGuard
 from mmdeploy.serving.headers import ResponseRules
+from mmdeploy.serving.live_ws import LiveSocket
 from mmdeploy.serving.remote import KEEP_SESSION, RemotePredictor, stack_probs, unpack
 from mmdeploy.serving.schema import OpenAPIPatch
 from mmdeploy.settings import Settings
@@ -199,3 +200,6 @@ AVClassifier.add_asgi_middleware(ResponseRules)  # outermost of ours: nosniff, p
 AVClassifier.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS.max_upload_bytes)
 AVClassifier.add_asgi_middleware(OpenAPIPatch)
 AVClassifier.mount_asgi_app(StaticFiles(directory=Path(__file__).parent / "ui", html=True), path="/ui", name="ui")
+# /live/ws: the /ui page's camera and microphone, decoded in a decode process like uploads (mmdeploy/serving/live_ws.py)
+AVClassifier.mount_asgi_app(LiveSocket(SETTINGS, DECODE, lambda: bentoml.get_current_service().predictor()),
+                            path="/live", name="live")

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         "and no oversubscription beside other decoders)"))
     reference_decode: bool = Field(False, description=(
         "`1`: decode every packet (the plain full decode the fast path is checked against), everywhere"))
+    live_sessions: int = Field(4, ge=0, description=(
+        "most live sessions (`/live/ws`: a browser's camera and microphone, or an allowed source) at once per API "
+        "worker; `0` turns live off"))
+    live_session_s: float = Field(600.0, gt=0, description="longest a live session may run, seconds")
+    live_idle_s: float = Field(10.0, gt=0, description="a live session that sends no data for this long is ended")
+    live_max_bytes_per_s: int = Field(1_000_000, gt=0, description=(
+        "most bytes a live session may send per second (a 2-s burst allowed); more ends the session"))
+    live_sources: str | None = Field(None, description=(
+        "comma-separated URLs the service may open for `/live/ws?source=URL` (exact match); empty: it opens no URL a "
+        "request names, only streams a browser sends"))
 
     @field_validator("model", mode="before")
     @classmethod
@@ -87,6 +97,11 @@ class Settings(BaseSettings):
             default = cls.model_fields[str(err["loc"][0])].default
             raise ConfigError(f"environment variable {name}={raw!r}: {err['msg'].lower()} "
                               f"(default {default!r})") from None
+
+    @property
+    def live_source_list(self) -> list[str]:
+        """MMDEPLOY_LIVE_SOURCES as a list (empty entries dropped)."""
+        return [u.strip() for u in (self.live_sources or "").split(",") if u.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

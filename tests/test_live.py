@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from mmdeploy.errors import ConfigError
+from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.live import Backlog, Latencies, LiveSession, PipeFeed, backoff
 from mmdeploy.media.live import ENDED, LiveSource
 from mmdeploy.media.livewindows import LAG, LiveWindows
@@ -457,3 +458,111 @@ def test_a_device_this_ffmpeg_lacks_is_one_line():
 
     with pytest.raises(MediaError, match="has no input format 'nosuchdevice'; capture with the ffmpeg command"):
         open_source(LiveSource("x", "x", format="nosuchdevice"), 1.0, 1.0)
+
+
+# ---- the service's WebSocket (/live/ws), in-process ------------------------------------------------------
+def test_live_request_bounds():
+    from mmdeploy.serving.live_ws import Rate, parse
+    from mmdeploy.settings import Settings
+
+    settings = Settings(live_sources="rtsp://cam1/stream, udp://239.0.0.1:5000")
+    assert parse({}, settings) == (parse({"type": "webm"}, settings)[0], None)
+    assert parse({"window": "x"}, settings)[1].startswith("window and hop: expected numbers")
+    assert "window=0.01" in parse({"window": "0.01"}, settings)[1]
+    assert "expected one of webm, mp4, ts" in parse({"type": "avi"}, settings)[1]
+    assert "opens no URL a request names" in parse({"source": "http://169.254.169.254/"}, settings)[1]
+    assert "opens no URL" in parse({"source": "rtsp://cam1/stream"}, Settings())[1]
+    request, problem = parse({"source": "rtsp://cam1/stream", "hop": "1"}, settings)
+    assert problem is None and request.source == "rtsp://cam1/stream" and request.hop == 1.0
+    now = [0.0]
+    rate = Rate(1000, burst_s=2.0, clock=lambda: now[0])
+    assert rate.take(2000) and not rate.take(1)
+    now[0] = 0.5
+    assert rate.take(500) and not rate.take(1)
+
+
+@pytest.fixture(scope="module")
+def webm_clip(tmp_path_factory) -> Path:
+    """VP8 + Opus WebM: what a browser's MediaRecorder sends."""
+    if FFMPEG is None:
+        pytest.skip("ffmpeg CLI missing (make tools)")
+    path = tmp_path_factory.mktemp("webm") / "clip.webm"
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=25:duration=4", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=48000:duration=4", "-c:v", "libvpx", "-deadline", "realtime",
+                    "-g", "25", "-b:v", "300k", "-c:a", "libopus", "-f", "webm", str(path)], check=True, timeout=60)
+    return path
+
+
+@contextlib.contextmanager
+def live_app(model: Path, **knobs):
+    """The /live app (serving/live_ws.py) in-process, on the tiny model; decoding in worker processes."""
+    from starlette.testclient import TestClient
+
+    from mmdeploy.runtime import load_predictor
+    from mmdeploy.serving.live_ws import LiveSocket
+    from mmdeploy.settings import Settings
+
+    predictor = load_predictor(model, "torch")
+
+    async def ready():
+        return predictor
+
+    yield TestClient(LiveSocket(Settings(**knobs), DecodeOptions(), ready))
+
+
+def received(ws, until: str) -> list[dict]:
+    out = []
+    while True:
+        message = ws.receive_json()
+        out.append(message)
+        if until in message:
+            return out
+
+
+TESTCLIENT = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+
+@TESTCLIENT
+@needs_ffmpeg
+def test_a_browser_stream_over_the_websocket(tiny_bundle, webm_clip):
+    data = webm_clip.read_bytes()
+    with live_app(tiny_bundle) as client, client.websocket_connect("/ws?window=0&hop=1&type=webm") as ws:
+        ready = ws.receive_json()["ready"]
+        assert ready["window"] == 2.0 and ready["hop"] == 1.0
+        assert ready["classes"] == ["alpha", "beta", "gamma", "delta"]
+        for i in range(0, len(data), 16_000):
+            ws.send_bytes(data[i:i + 16_000])
+        ws.send_json({"stop": True})
+        lines = received(ws, "summary")
+    windows = [x for x in lines if "probs" in x]
+    assert [w["start"] for w in windows] == [0.0, 1.0, 2.0]
+    assert all(w["modalities"] == ["audio", "video"] and set(w["per_modality"]) == {"audio", "video"}
+               for w in windows)
+    assert lines[-1]["summary"]["windows"] == 3
+
+
+@TESTCLIENT
+@needs_ffmpeg
+def test_websocket_bounds_and_a_hostile_stream_cost_only_their_session(tiny_bundle, webm_clip):
+    with live_app(tiny_bundle, live_sessions=1, live_idle_s=1.0, live_max_bytes_per_s=50_000) as client:
+        with client.websocket_connect("/ws?type=webm") as ws:  # bytes that are no stream: this session only
+            ws.receive_json()
+            ws.send_bytes(os.urandom(40_000))
+            lines = received(ws, "summary")
+            assert lines[0]["event"] == "ended" and lines[0]["failed"] and "cannot open" in lines[0]["message"]
+        with client.websocket_connect("/ws?type=webm") as ws:  # silence: the idle bound
+            ws.receive_json()
+            lines = received(ws, "summary")
+            assert ws.receive_json() == {"error": "no data for 1 s (MMDEPLOY_LIVE_IDLE_S)"}
+        with client.websocket_connect("/ws?type=webm") as ws:  # a flood: the bytes-per-second bound
+            ws.receive_json()
+            ws.send_bytes(webm_clip.read_bytes()[:60_000])
+            ws.send_bytes(webm_clip.read_bytes()[60_000:120_000])
+            lines = received(ws, "error")
+            assert "more than 50000 bytes per second (MMDEPLOY_LIVE_MAX_BYTES_PER_S)" in lines[-1]["error"]
+        with client.websocket_connect("/ws?type=webm") as first, client.websocket_connect("/ws") as second:
+            first.receive_json()
+            assert "1 live sessions already run (MMDEPLOY_LIVE_SESSIONS=1)" in second.receive_json()["error"]
+        with client.websocket_connect("/ws?source=udp://127.0.0.1:9") as ws:
+            assert "opens no URL a request names" in ws.receive_json()["error"]

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         on: list[str] = typer.Option([], "--on", help="LABEL:THRESHOLD: a detection line when the label's "
                                      "probability reaches it (repeatable)."),
         exec_cmd: Optional[str] = typer.Option(None, "--exec", help="Command run on each detection (the window "
-                                               "line as JSON on its stdin, MMDEPLOY_LABEL/SCORE/START/END set)."),
+                                               "line as JSON on its stdin, LIVE_LABEL/SCORE/START/END set)."),
         webhook: Optional[str] = typer.Option(None, "--webhook", help="URL that gets each detection's window "
                                               "line as a JSON POST."),
     ) -> None:
@@ -99,22 +99,17 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
     from mmdeploy.isolate import prestart
 
     prestart()  # the decode worker's imports overlap with loading the model
-    import torch
-
     from mmdeploy.bundle import latest_bundle
     from mmdeploy.detections import Detector, parse_rule
     from mmdeploy.errors import ConfigError
     from mmdeploy.live import LiveSession, PipeFeed
     from mmdeploy.media.live import LiveSource
-    from mmdeploy.pipeline import decode_options, inference_threads
-    from mmdeploy.runtime import load_predictor
+    from mmdeploy.pipeline import decode_options, load_model
 
     if (exec_cmd or webhook) and not on:
         raise ConfigError("--exec/--webhook: say when with --on LABEL:THRESHOLD")
     options = parse_options(list(option))
-    threads = inference_threads()
-    torch.set_num_threads(threads)
-    predictor = load_predictor(model if model is not None else latest_bundle("runs"), backend, threads=threads)
+    predictor = load_model(model if model is not None else latest_bundle("runs"), backend)  # torch only if used
     rules = [parse_rule(r, list(predictor.classes)) for r in on]
     lock = threading.Lock()
 
