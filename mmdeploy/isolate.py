@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -44,9 +45,13 @@ from typing import Any, Callable, Iterable, Iterator
 from mmdeploy.errors import MediaError
 from mmdeploy.jobs import FAST, file_job, window_jobs
 from mmdeploy.media.clip import DecodeOptions
-from mmdeploy.settings import DECODE_TIMEOUT_S, cpu_count
+from mmdeploy.settings import DECODE_RECYCLE_JOBS, DECODE_RECYCLE_MB, DECODE_TIMEOUT_S, cpu_count
 
 IDLE_WORKERS = max(2, cpu_count())  # healthy workers kept for reuse
+# a worker is replaced once it has run RECYCLE_JOBS jobs or its resident memory is past RECYCLE_MB after a job
+# (0: never); a decoder's heap only grows (FFmpeg's buffers, the allocator's arenas), so a long-lived service
+# would otherwise keep every worker at its high-water mark. pipeline.start_decoders sets them from the settings.
+RECYCLE_JOBS, RECYCLE_MB = DECODE_RECYCLE_JOBS, DECODE_RECYCLE_MB
 PRELOAD = ["mmdeploy.workerenv", "mmdeploy.isolate", "mmdeploy.jobs", "mmdeploy.numpy_features", "mmdeploy.media",
            "av", "mmdeploy.forkserver"]  # the first: one BLAS thread; the last warms up and freezes the heap
 # (see their docstrings). No torch: features are numpy (mmdeploy.numpy_features), so a worker starts in
@@ -108,12 +113,29 @@ class Worker:
         self._reading = False  # a thread is inside receive()
         self._stopped = False  # kill() ran: no further job; descriptors closed by the reader, else by kill()
         self._closed = False
+        self.jobs = 0  # jobs sent
 
     def send(self, fn: Callable, args: tuple, stream: bool = False) -> None:
         with self._lock:
             if self._stopped:
                 raise OSError("the decode worker was stopped")
+        self.jobs += 1
         self.conn.send((fn, args, stream))
+
+    def rss_mb(self) -> float | None:
+        """The child's resident memory in MB (Linux /proc), None where unknown."""
+        try:
+            with open(f"/proc/{self.process.pid}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def worn(self) -> bool:
+        """Due for replacement: RECYCLE_JOBS jobs run, or past RECYCLE_MB of resident memory."""
+        if RECYCLE_JOBS and self.jobs >= RECYCLE_JOBS:
+            return True
+        rss = self.rss_mb() if RECYCLE_MB else None
+        return rss is not None and rss > RECYCLE_MB
 
     def receive(self, timeout: float | None) -> tuple[str, Any]:
         """The next message ("ok"|"item"|"end"|"error", value); WorkerLost (and the worker killed) if it
@@ -224,12 +246,31 @@ def checkout() -> Worker:
 
 
 def checkin(worker: Worker) -> None:
-    """Give back a worker that finished its job cleanly (others are killed, never reused)."""
+    """Give back a worker that finished its job cleanly (others are killed, never reused); a worn one
+    (`Worker.worn`) is replaced by a fresh one, started in the background."""
+    if worker.alive() and worker.worn():
+        worker.kill()
+        recycled()
+        return
     with _idle_lock:
         if worker.alive() and len(_idle) < IDLE_WORKERS:
             _idle.append(worker)
             return
     worker.kill()
+
+
+def recycled() -> None:
+    """Count a replaced worker and start its successor in the background (no request waits for the fork)."""
+    global RECYCLED
+    thread = threading.Thread(target=lambda: checkin(Worker()), daemon=True, name="mmdeploy-recycle")
+    with _idle_lock:
+        RECYCLED += 1
+        _starting[:] = [t for t in _starting if t.is_alive()] + [thread]
+    thread.start()
+
+
+RECYCLED = 0  # workers replaced for wear in this process
+_starting: list[threading.Thread] = []  # successors being started (shutdown waits for them)
 
 
 def prestart() -> None:
@@ -244,6 +285,10 @@ def prestart() -> None:
 
 def shutdown() -> None:
     """Stop the idle workers (they also exit on their own when this process ends)."""
+    with _idle_lock:
+        starting = list(_starting)
+    for thread in starting:
+        thread.join(10)
     with _idle_lock:
         workers, _idle[:] = list(_idle), []
     for worker in workers:
@@ -347,7 +392,13 @@ def run_jobs(fn: Callable, jobs: Iterable[tuple], workers: int, timeout: float |
             while len(pool) < workers and todo:
                 worker = checkout()
                 pool[worker] = collections.deque()
-            for worker, held in pool.items():
+            for worker, held in list(pool.items()):
+                if worker.worn():  # no new job for it; replaced once it has answered the ones it holds
+                    if not held:
+                        del pool[worker]
+                        worker.kill()
+                        recycled()
+                    continue
                 while todo and len(held) < depth:
                     args = todo.popleft()
                     if not held:
@@ -359,7 +410,7 @@ def run_jobs(fn: Callable, jobs: Iterable[tuple], workers: int, timeout: float |
                         break
             busy = [w for w, held in pool.items() if held]
             if not busy:
-                continue
+                continue  # (a worker was just retired: the loop checks out its successor)
             now = time.monotonic()
             wait_s = None if timeout is None else max(0.0, min(started[w] + timeout - now for w in busy))
             ready = set(wait([c for w in busy for c in (w.conn, w.process.sentinel)], wait_s))

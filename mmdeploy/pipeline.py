@@ -135,10 +135,15 @@ def decode_live(source, spec, window: float, hop: float, open_s: float, read_s: 
                                    deadline)
 
 
-def start_decoders(keep: int = 0) -> None:
+def start_decoders(keep: int = 0, recycle_jobs: int | None = None, recycle_mb: float | None = None) -> None:
     """Start the decode workers' forkserver and one worker in the background (overlapping the model's
-    load); keep up to `keep` idle workers warm from now on."""
+    load); keep up to `keep` idle workers warm from now on; replace a worker after `recycle_jobs` jobs or
+    past `recycle_mb` MB resident (settings.decode_recycle_jobs / _mb; None: isolate's defaults, the same)."""
     isolate.IDLE_WORKERS = max(isolate.IDLE_WORKERS, keep)
+    if recycle_jobs is not None:
+        isolate.RECYCLE_JOBS = recycle_jobs
+    if recycle_mb is not None:
+        isolate.RECYCLE_MB = recycle_mb
     isolate.prestart()
 
 

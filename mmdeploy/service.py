@@ -103,7 +103,8 @@ class AVClassifier:
         self.calls = ThreadPoolExecutor(64, thread_name_prefix="model-call")
         self.model_info: dict | None = None
         self.ready_log = core.ReadyLog()
-        pipeline.start_decoders(keep=SETTINGS.decode_count())  # the forkserver imports torch and PyAV once,
+        pipeline.start_decoders(SETTINGS.decode_count(), SETTINGS.decode_recycle_jobs,
+                                SETTINGS.decode_recycle_mb)  # the forkserver imports PyAV once,
         # while the model loads; every decode process is kept warm
 
     async def __is_ready__(self) -> bool:

@@ -20,6 +20,8 @@ from mmdeploy.errors import ConfigError
 
 PREFIX = "MMDEPLOY_"
 DECODE_TIMEOUT_S = 60.0  # the one default: a file's first window (classify, batch, /classify) or one timeline window
+DECODE_RECYCLE_JOBS = 500  # a decode process is replaced after this many jobs (isolate.RECYCLE_JOBS; 0: never)
+DECODE_RECYCLE_MB = 1024.0  # ... or once its resident memory is past this after a job (isolate.RECYCLE_MB; 0: never)
 RENAMED = {"MMDEPLOY_DECODE_THREADS": "it meant two things; set MMDEPLOY_DECODE_PROCESSES (decode processes per "
                                       "API worker) or MMDEPLOY_FRAME_THREADS (frame threads of a timeline's decoder)"}
 
@@ -49,6 +51,11 @@ class Settings(BaseSettings):
         "killed and the answer is 422"))
     decode_processes: int = Field(0, ge=0, description=(
         "decode processes per API worker; `0`: one per decode core (below)"))
+    decode_recycle_jobs: int = Field(DECODE_RECYCLE_JOBS, ge=0, description=(
+        "a decode process of the service is replaced (by a fresh one, started in the background) after this many "
+        "jobs; `0`: never"))
+    decode_recycle_mb: float = Field(DECODE_RECYCLE_MB, ge=0, description=(
+        "... or as soon as its resident memory is past this many MB after a job; `0`: no bound"))
     model_cores: int = Field(-1, ge=-1, description=(
         "cores the model worker is pinned to (its ONNX Runtime threads); the API worker and its decode processes "
         "get the other cores. `-1`: 1 on machines with more than 2 cores, else 0 (`0`: no pinning, all share every "

@@ -152,3 +152,38 @@ def test_kill_races_a_reader_and_a_second_kill(long_clip, predictor, no_leaks):
         for t in threads:
             t.join(30)
         assert errors == [] and not worker.alive() and worker.conn.closed
+
+
+# ---- recycling: a worker is replaced after RECYCLE_JOBS jobs or past RECYCLE_MB ---------------------------
+def worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+def hold_mb(mb: int) -> int:
+    """Grow this worker's heap by `mb` MB and keep it (a decoder whose buffers never shrink)."""
+    global _HELD
+    _HELD = bytearray(mb << 20)
+    return os.getpid()
+
+
+def test_a_worker_is_replaced_after_its_jobs_and_its_successor_runs_the_next(monkeypatch, no_leaks):
+    monkeypatch.setattr(isolate, "RECYCLE_JOBS", 3)
+    monkeypatch.setattr(isolate, "RECYCLE_MB", 0)
+    before = isolate.RECYCLED
+    pids = [isolate.call("job", worker_pid, (i,)) for i in range(7)]
+    assert len(set(pids[0:3])) == 1 and len(set(pids[3:6])) == 1 and pids[0] != pids[3] != pids[6], pids
+    assert isolate.RECYCLED - before == 2
+    answers = [a for batch in isolate.run_jobs(worker_pid, [(i,) for i in range(8)], workers=1) for a in batch]
+    assert sorted(args for args, _, _ in answers) == [(i,) for i in range(8)] and all(ok for _, ok, _ in answers)
+    folder = [value for _, _, value in answers]
+    assert max(folder.count(pid) for pid in set(folder)) <= 3 and len(set(folder)) >= 3, folder
+
+
+def test_a_worker_past_its_memory_bound_is_replaced(monkeypatch, no_leaks):
+    monkeypatch.setattr(isolate, "RECYCLE_JOBS", 0)
+    monkeypatch.setattr(isolate, "RECYCLE_MB", 400)
+    small = [isolate.call("job", worker_pid, (i,)) for i in range(2)]
+    assert small[0] == small[1]  # well under the bound: kept
+    grown = isolate.call("job", hold_mb, (500,))
+    assert grown == small[0]
+    assert isolate.call("job", worker_pid, (0,)) != grown  # it held 500 MB after its job: replaced
