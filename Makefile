@@ -8,9 +8,9 @@ UV := .uv/bin/uv
 PY := $(VENV)/bin/python
 MM := $(VENV)/bin/mmdeploy
 RUN ?= runs/demo
-# What the tests install (openvino: the CPU engines' tests run the OpenVINO path) and what the Bento carries
+# What the tests install (openvino, nncf: the CPU engines' tests run OpenVINO and both int8 quantizers) and what the Bento carries
 # (serving/requirements.txt: ONNX Runtime CPU + OpenVINO, so `auto` can run the engine export measured fastest).
-EXTRAS ?= --extra cpu --extra dev --extra openvino
+EXTRAS ?= --extra cpu --extra dev --extra openvino --extra nncf
 SERVING_EXTRAS := --extra cpu --extra openvino
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 

@@ -4,8 +4,9 @@
                                               split, through its feature cache (what training saw); random
                                               inputs when model.json records no manifest that exists (said so)
     held_out_windows(bundle, count, seed)     the test split (else val), with labels, for the accuracy gate
-    quantize_onnxruntime(src, dst, windows)   onnxruntime.quantization.quantize_static: QDQ, per-channel int8
-                                              weights, int8 activations, MinMax ranges; `exclude` keeps nodes fp32
+    quantize(quantizer, src, dst, windows)    int8 QDQ ONNX by onnxruntime.quantization.quantize_static (per-channel
+                                              int8 weights, int8 activations, MinMax ranges) or by NNCF (the `nncf`
+                                              extra); `exclude` keeps nodes fp32. Export measures both (auto)
     fp32_fallbacks(path)                      what to keep in fp32, step by step, when the gate asks for it:
                                               nothing, then the heads and fusion (Gemm/MatMul), then also each
                                               encoder's first convolution
@@ -119,8 +120,8 @@ def _split_windows(bundle: Bundle, splits: tuple[str, ...], count: int, seed: in
     path = manifest_path(bundle)
     random = {"random": True, "count": min(count, RANDOM_MAX), "seed": seed}
     if path is None:
-        return Windows(bundle, {**random, "note": f"random inputs: model.json records no data manifest that "
-                                                  f"exists, so {what} cannot use real windows"}, count=random["count"], seed=seed)
+        note = f"random inputs: model.json records no data manifest that exists, so {what} cannot use real windows"
+        return Windows(bundle, {**random, "note": note}, count=random["count"], seed=seed)
     from mmdeploy.data.manifest import read_manifest
 
     manifest = read_manifest(path)
@@ -217,6 +218,64 @@ def quantize_onnxruntime(prepared: Path, dst: Path, windows: Windows, metadata: 
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
                         extra_options={"ActivationSymmetric": False,
                                        "WeightSymmetric": True})
+        return _with_metadata(raw, dst, metadata)
+
+
+HOW = {"onnxruntime": {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
+                       "weights": "int8 symmetric", "activations": "int8 asymmetric", "ranges": "MinMax"},
+       "nncf": {"quantizer": "nncf.quantize (ONNX backend, target_device CPU)", "format": "QDQ", "per_channel": True,
+                "weights": "int8 symmetric", "activations": "int8 (NNCF performance preset)",
+                "ranges": "NNCF min/max + fast bias correction"}}
+
+
+def quantizers(choice: str) -> list[str]:
+    """The quantizers `calibration.quantizer` asks for: auto = every one installed (NNCF first), each measured."""
+    from importlib.util import find_spec
+
+    if choice == "nncf" and find_spec("nncf") is None:
+        from mmdeploy.errors import ConfigError
+
+        raise ConfigError("calibration.quantizer: nncf is not installed; install the extra: "
+                          "pip install 'mmdeploy-av[nncf]' (from a checkout: uv sync --extra nncf), or use auto")
+    if choice != "auto":
+        return [choice]
+    return (["nncf"] if find_spec("nncf") is not None else []) + ["onnxruntime"]
+
+
+def quantize(quantizer: str, prepared: Path, dst: Path, windows: Windows, metadata: dict[str, str],
+             exclude: list[str] = ()) -> Path:
+    """int8 QDQ file at `dst` made by `quantizer` (onnxruntime | nncf) from the prepared fp32 graph."""
+    if quantizer == "nncf":
+        return quantize_nncf(prepared, dst, windows, metadata, exclude)
+    return quantize_onnxruntime(prepared, dst, windows, metadata, exclude)
+
+
+def quantize_nncf(prepared: Path, dst: Path, windows: Windows, metadata: dict[str, str],
+                  exclude: list[str] = ()) -> Path:
+    """int8 QDQ file at `dst` (atomically) by NNCF's post-training quantization of the ONNX graph, calibrated
+    on `windows` one at a time; `exclude`: node names left in fp32. NNCF's progress output is dropped."""
+    import contextlib
+    import io
+    import logging
+
+    import nncf
+    import onnx
+
+    class Source:  # re-iterable: NNCF walks the calibration set once per statistic pass
+        def __iter__(self):
+            for a, v, _ in windows.chunks(1):
+                yield {"audio": a, "video": v}
+
+    nncf.set_log_level(logging.ERROR)
+    quiet = io.StringIO()  # NNCF's progress bars: the CLI's output stays its own (one line on error, JSON)
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        quantized = nncf.quantize(onnx.load(str(prepared)), nncf.Dataset(Source()), subset_size=max(1, len(windows)),
+                                  target_device=nncf.TargetDevice.CPU,
+                                  ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False)
+                                  if exclude else None)
+    with tempfile.TemporaryDirectory(prefix="mmdeploy-int8-") as tmp:
+        raw = Path(tmp) / "int8.onnx"
+        onnx.save_model(quantized, str(raw), save_as_external_data=False)
         return _with_metadata(raw, dst, metadata)
 
 

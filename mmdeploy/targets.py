@@ -21,7 +21,7 @@ from mmdeploy.config import read_yaml, validate
 from mmdeploy.errors import ConfigError
 
 FP32_LAYER_KINDS = ("softmax", "normalization", "reduce", "pooling")
-QUANTIZERS = ("auto", "onnxruntime")
+QUANTIZERS = ("auto", "onnxruntime", "nncf")
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,7 @@ def test_reexporting_the_same_onnx_keeps_the_engines_another_drops_them(copy):
 def test_impossible_tolerance_fails_export_with_one_line_and_leaves_no_engine(copy, tmp_path, monkeypatch, capsys):
     target = tmp_path / "strict-int8.yaml"
     target.write_text("backend: openvino\nprecision: int8\ngate: {max_drop: 1.0, min_agreement: 0.99, "
-                      "max_abs: 1.0e-9}\ncalibration: {windows: 16, seed: 0}\n")
+                      "max_abs: 1.0e-9}\ncalibration: {windows: 16, seed: 0, quantizer: onnxruntime}\n")
     code, out, err = _main(monkeypatch, capsys, "export", str(copy), "--target", str(target))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
@@ -310,6 +310,24 @@ def test_impossible_tolerance_fails_export_with_one_line_and_leaves_no_engine(co
     assert report["ok"] is False and [a["fp32_layers"] for a in report["attempts"]] == \
         ["none", "heads and fusion", "heads, fusion and encoder stems"]
     assert report["calibration"]["count"] == 16
+
+
+def test_auto_quantizer_measures_nncf_and_onnxruntime_and_keeps_a_passing_one(copy, tmp_path):
+    """Both quantizers run and are gated; the kept one passed (and, when both pass, was timed faster)."""
+    pytest.importorskip("nncf", reason="the nncf extra is not installed (make install installs it)")
+    from mmdeploy.export import export, load_target
+
+    target = tmp_path / "both.yaml"
+    target.write_text("backend: openvino\nprecision: int8\ngate: {max_drop: 1.0, min_agreement: 0.5}\n"
+                      "calibration: {windows: 16, seed: 0, quantizer: auto}\n")
+    report = export(copy, target=load_target(target), onnx=False, timing_seconds=0.02)["parity"]["openvino-int8"]
+    tried = {a["quantizer"] for a in report["attempts"]}
+    assert tried == {"nncf", "onnxruntime"} and report["ok"]
+    passing = {a["quantizer"] for a in report["attempts"] if a["ok"]}
+    assert report["quantizer"] in passing and report["calibration"]["quantizer"].startswith(
+        "nncf" if report["quantizer"] == "nncf" else "onnxruntime")
+    if len(passing) == 2:
+        assert report["quantizer"] == min(report["quantizer_ms"], key=report["quantizer_ms"].get)
 
 
 def test_gate_counts_accuracy_drop_and_agreement():
