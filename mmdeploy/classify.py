@@ -62,16 +62,21 @@ def classify_files(paths: list[Path], predictor, top_k: int = 5, workers: int | 
 
 def classify_timeline(path: str | Path, predictor, window: float | None = None, hop: float | None = None,
                       top_k: int = 5, batch_size: int = BATCH, timeout: float | None = DECODE_TIMEOUT_S,
-                      isolated: bool = True, options: DecodeOptions = FAST) -> Iterator[dict[str, Any]]:
+                      isolated: bool = True, options: DecodeOptions = FAST,
+                      workers: int | None = None) -> Iterator[dict[str, Any]]:
     """Consecutive windows of one file -> one dict per window as its batch is done, then the file's
-    result with `windows`. Raises MediaError for a bad file (before or during streaming), a decoder crash
-    or a window that takes longer than `timeout` s to decode (isolated: in a worker process, which is
-    killed as soon as this generator is closed)."""
+    result with `windows` and `decoding` (segments, workers, or why it was decoded in one pass). Raises
+    MediaError for a bad file (before or during streaming), a decoder crash or a window that takes longer
+    than `timeout` s to decode (isolated: in worker processes, killed as soon as this generator is closed).
+    `workers` decode processes share a long file, cut at keyframes (pipeline.plan_windows; default: every
+    core; 1: one sequential pass); the windows are the same either way, bit for bit."""
     spec = predictor.spec
     window = window or spec.window_seconds
     hop = hop or window
     timeline = pipeline.Timeline(str(path), predictor, top_k)
-    items = pipeline.decode_windows(path, spec, window, hop, timeout, isolated, options)
+    plan = pipeline.plan_windows(path, spec, window, hop, workers, timeout, isolated)
+    timeline.decoding = plan.summary()
+    items = pipeline.decode_windows(path, spec, window, hop, timeout, isolated, options, plan=plan)
     with contextlib.closing(pipeline.window_batches(items, batch_size)) as batches:
         for batch in batches:
             yield from timeline.classify(batch)

@@ -46,6 +46,13 @@ def item(path: str, clip, spec: ClipSpec, decode_ms: float) -> dict[str, Any]:
             "timings_ms": {"decode": decode_ms, "features": (time.perf_counter() - t0) * 1e3}}
 
 
+def plan_job(path: str, spec: ClipSpec, window: float | None, hop: float | None, workers: int):
+    """media.keyframes.plan_segments, run in a decode worker like any other work on an untrusted file."""
+    from mmdeploy.media.keyframes import plan_segments
+
+    return plan_segments(path, spec, window, hop, workers)
+
+
 def error_result(path: str | Path, exc: Exception) -> dict[str, str]:
     """{"file", "error"}; the error text is the reason alone (the CLI prints `error: FILE: reason`)."""
     reason = exc.reason if isinstance(exc, MediaError) else str(exc)
@@ -65,11 +72,13 @@ def file_job(path: str, spec: ClipSpec, options: DecodeOptions = FAST) -> dict[s
 
 
 def window_jobs(path: str, spec: ClipSpec, window: float | None = None, hop: float | None = None,
-                options: DecodeOptions = FAST) -> Iterator[dict[str, Any]]:
-    """Consecutive windows of one file -> feature items, streamed (bounded memory)."""
+                options: DecodeOptions = FAST, span: tuple[int, int] | None = None,
+                tracks: tuple[str, ...] = ("audio", "video")) -> Iterator[dict[str, Any]]:
+    """Consecutive windows of one file -> feature items, streamed (bounded memory). `span`, `tracks`: one
+    segment's windows / only these tracks (media.iter_windows; mmdeploy/segments.py merges them)."""
     from mmdeploy import media
 
-    clips = media.iter_windows(path, spec, window=window, hop=hop, options=options)
+    clips = media.iter_windows(path, spec, window=window, hop=hop, options=options, span=span, tracks=tracks)
     while True:
         t0 = time.perf_counter()
         clip = next(clips, None)

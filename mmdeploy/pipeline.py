@@ -115,12 +115,43 @@ def decode_files(paths: list[Path], spec, workers: int | None = None, timeout: f
 
 def decode_windows(path: str | Path, spec, window: float | None = None, hop: float | None = None,
                    timeout: float | None = DECODE_TIMEOUT_S, isolated: bool = True,
-                   options: DecodeOptions = FAST) -> Iterator[dict[str, Any]]:
+                   options: DecodeOptions = FAST, plan=None) -> Iterator[dict[str, Any]]:
     """Consecutive windows of one file -> feature items, streamed; MediaError before or during streaming
-    (isolated: `timeout` bounds each window, and closing the iterator kills its worker from any thread)."""
+    (isolated: `timeout` bounds each window, and closing the iterator kills its worker(s) from any thread).
+    With a split `plan` (plan_windows), its segments decode on `plan.workers` workers at once
+    (mmdeploy/segments.py): the same items, in the same order."""
+    if plan is not None and plan.split:
+        from mmdeploy import segments
+
+        window = window or spec.window_seconds
+        hop = hop or window
+        stream = segments.isolated_stream(path, spec, window, hop, timeout, options) if isolated \
+            else segments.local_stream(path, spec, window, hop, options)
+        return segments.SegmentedWindows(plan, stream, plan.workers)
     if isolated:
         return isolate.iter_isolated(path, spec, window, hop, timeout, options)
     return window_jobs(str(path), spec, window, hop, options)
+
+
+def plan_windows(path: str | Path, spec, window: float | None = None, hop: float | None = None,
+                 workers: int | None = None, timeout: float | None = DECODE_TIMEOUT_S, isolated: bool = True):
+    """How a timeline of one file is decoded (media.keyframes.SegmentPlan): cut at keyframes into segments for
+    `workers` decode workers (default: timeline_workers()), or sequential with the reason. Made in a worker
+    (it reads the file); MediaError for a bad file."""
+    from mmdeploy.jobs import plan_job
+    from mmdeploy.media.keyframes import sequential
+
+    workers = timeline_workers() if workers is None else workers
+    if workers < 2:
+        return sequential("one decode worker")
+    args = (str(path), spec, window, hop, workers)
+    return isolate.call(path, plan_job, args, timeout) if isolated else plan_job(*args)
+
+
+def timeline_workers() -> int:
+    """Decode workers for one file's timeline: every core (the audio pass and inference are light beside
+    video decoding; measured in benchmarks/classify.py --sections timeline)."""
+    return cpu_count()
 
 
 def decode_live(source, spec, window: float, hop: float, open_s: float, read_s: float,
@@ -182,7 +213,7 @@ def window_batches(items: Iterator[dict[str, Any]], batch_size: int = BATCH) -> 
             raise failure
     finally:
         stop.set()
-        if isinstance(items, isolate.IsolatedWindows):
+        if isinstance(items, isolate.IsolatedWindows) or hasattr(items, "plan"):  # a worker's stream, or segments
             items.close()
 
 
@@ -335,6 +366,7 @@ class Timeline:
         self.windows: list[dict[str, Any]] = []
         self.totals = {"decode": 0.0, "features": 0.0, "infer": 0.0}
         self.sums: dict[str, np.ndarray] = {}
+        self.decoding: dict[str, Any] | None = None  # SegmentPlan.summary(): segments, workers, or why sequential
 
     def classify(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A batch of window items -> their lines."""
@@ -361,5 +393,5 @@ class Timeline:
         n = len(self.windows)
         result = make_result(self.path, {k: v / n for k, v in self.sums.items()}, self.predictor, self.totals,
                              self.top_k, window={"start": self.windows[0]["start"], "end": self.windows[-1]["end"]})
-        return {**result, "windows": self.windows}
+        return {**result, "windows": self.windows, **({"decoding": self.decoding} if self.decoding else {})}
 

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
      "mmdeploy.cpu_engines", "mmdeploy.quantize", "mmdeploy.targets"),
     ("mmdeploy.pipeline",),
     ("mmdeploy.runtime",),
+    ("mmdeploy.segments",),
     ("mmdeploy.bundle",),
     ("mmdeploy.isolate",),
     ("mmdeploy.jobs", "mmdeploy.forkserver", "mmdeploy.workerenv", "mmdeploy.livejob"),

@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         hop: Optional[float] = typer.Option(None, "--hop", min=0.01, help="Timeline: step between windows, seconds "
                                                                           "(default: the window)."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes (default: all cores "
-                                                                                   "when more than 16 files)."),
+                                                  "when more than 16 files; a timeline: all cores share a long file, "
+                                                  "cut at keyframes; 1: one pass)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Classify at most N files."),
         timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="Seconds a file's window may take "
                                                 "to decode before it is reported as an error (default: "
@@ -118,7 +119,7 @@ def register(app: typer.Typer) -> None:
             for path in paths:
                 try:
                     for result in classify_timeline(path, predictor, window=window, hop=hop, top_k=top_k,
-                                                    timeout=timeout, options=options):
+                                                    timeout=timeout, options=options, workers=workers):
                         emit(result)
                 except MediaError as exc:
                     emit({"file": str(path), "error": exc.reason})

@@ -71,32 +71,46 @@ def decode_window(path: str | os.PathLike, spec: ClipSpec, start: float = 0.0, e
 
 @boundary
 def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None = None,
-                 hop: float | None = None, options: DecodeOptions = FAST) -> Iterator[Clip]:
+                 hop: float | None = None, options: DecodeOptions = FAST, span: tuple[int, int] | None = None,
+                 tracks: tuple[str, ...] = ("audio", "video")) -> Iterator[Clip]:
     """Consecutive windows over the whole file in one streaming pass per track (bounded memory).
 
     Windows start at 0, hop, 2*hop, ... A window shorter than `window` (the file's tail) is yielded only
     if it holds at least half a window or it is the file's only window. Each Clip follows
     `decode_window`'s rules with `spec.window_seconds` replaced by `window`.
+
+    `tracks`: the tracks to read (the other's Clip field stays None; a window with neither is skipped).
+    `span` (k0, k1): only windows k0 <= k < k1, video only: the pass seeks to the keyframe before window
+    k0's first frame target, and each window's frames are bit-identical to the full pass's (a segment of
+    media/keyframes.py; audio decoders and the resampler need the stream from its start, so audio is never
+    split).
     """
     window = float(window or spec.window_seconds)
     hop = float(hop or window)
     if window <= 0 or hop <= 0:
         raise MediaError(path, f"window ({window}) and hop ({hop}) must be > 0 seconds")
     spec = spec if window == spec.window_seconds else spec.replace(window_seconds=window)
+    if span is not None and "audio" in tracks:
+        raise ValueError("iter_windows: a span decodes video only (audio is decoded in one pass from the start)")
+    first, stop = span or (0, None)
     with Source(path) as vsrc, Source(path) as asrc:
         video, audio = stream_index(source.pick(vsrc.container, "video")), stream_index(source.pick(asrc.container, "audio"))
         if audio is None and video is None:
             raise MediaError(path, "no audio or video track that can be decoded")
+        video, audio = (video if "video" in tracks else None), (audio if "audio" in tracks else None)
         duration = file_seconds(vsrc)
 
         def targets(k: int) -> list[float]:
             return frame_targets(spec, k * hop, window_length(spec, k * hop, None, duration))
 
-        frames = FrameTrack(vsrc, video, 0.0, wanted=window_targets_in(targets, hop, window),
-                             threads=options.frame_threads, reference=options.reference) if video is not None else None
+        frames = FrameTrack(vsrc, video, targets(first)[0] if first else 0.0,
+                             wanted=window_targets_in(targets, hop, window), threads=options.frame_threads,
+                             reference=options.reference, keyframe_first=bool(first)) if video is not None else None
         samples = AudioTrack(asrc, audio, spec.sample_rate, 0.0, options.reference) if audio is not None else None
         picked: dict[tuple[int, int], list | None] = {}  # (window, frame) -> chosen frame, picked in time order
-        for k in itertools.count():
+        for k in itertools.count(first):
+            if stop is not None and k >= stop:
+                return
             start = k * hop
             if duration is None and exhausted(frames, start) and exhausted(samples, start) and k:
                 return
@@ -107,7 +121,8 @@ def iter_windows(path: str | os.PathLike, spec: ClipSpec, window: float | None =
             if frames is not None:
                 # later windows overlap this one: pick their earlier targets now, before the track moves on
                 last = max(targets(k))
-                later = range(k, int(last // hop) + 1)  # windows starting before this one's last target
+                later = range(k, int(last // hop) + 1 if stop is None else min(int(last // hop) + 1, stop))  # windows
+                # starting before this one's last target (inside the span)
                 due = [(t, (j, i)) for j in later if duration is None or j * hop < duration
                        for i, t in enumerate(targets(j)) if t <= last and (j, i) not in picked]
                 for t, key in sorted(due):

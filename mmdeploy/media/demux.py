@@ -2,6 +2,7 @@
 forward in time, give the skip plan its say per packet."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Iterator
 
@@ -15,10 +16,13 @@ MAX_BAD_PACKETS = 50        # corrupt packets skipped per pass before giving up
 
 
 def decoded(src: Source, index: int, t_from: float, margin: float, wanted=None,
-            threads: int = 0, reference: bool = False) -> Iterator[tuple[float | None, Any]]:
+            threads: int = 0, reference: bool = False, keyframe_first: bool = False) -> Iterator[tuple[float | None, Any]]:
     """Yield (time, frame) of stream `index` starting at or before `t_from` (seeking there first).
     `wanted` (video): see `decode_all`. `threads` > 1: decode with that many frame threads (same
     output, frames come out a few packets later); 0: PyAV's default (slice threads).
+    `keyframe_first` (a timeline segment, media/keyframes.py): after a seek, frames before the first key
+    frame are dropped, so that every frame yielded decodes as in a pass from the start (a demuxer such as
+    MPEG-PS's seeks to a packet, not a keyframe; open-GOP B-frames lack their references).
 
     If a seek lands after `t_from` (inexact index), try earlier, then the start of the stream, then
     reopening the file (MPEG-TS cannot always seek back to its first keyframe).
@@ -39,6 +43,8 @@ def decoded(src: Source, index: int, t_from: float, margin: float, wanted=None,
         stream, origin = src.container.streams[index], time_zero(src.container)
         first_time = stream_start(stream, origin) if attempt == "start" else None
         frames = decode_all(src.path, src.container, stream, origin, wanted, reference)
+        if keyframe_first and attempt not in ("start", "reopen"):
+            frames = itertools.dropwhile(lambda item: not item[1].key_frame, frames)
         first = next(frames, None)
         if first is None:
             if final:

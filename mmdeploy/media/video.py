@@ -15,11 +15,11 @@ class FrameTrack:
     """Frames of one stream in time order; answers "which frame is on screen at t" for rising t."""
 
     def __init__(self, src: Source, index: int, t_first: float, wanted=None, threads: int = 0,
-                 reference: bool = False):
+                 reference: bool = False, keyframe_first: bool = False):
         stream = src.container.streams[index]
         self.fps = float(stream.average_rate or stream.guessed_rate or 25.0)
         self.frames = decoded(src, index, t_first, margin=0.05, wanted=wanted, threads=threads,
-                              reference=reference)
+                              reference=reference, keyframe_first=keyframe_first)
         self.shown: list | None = None  # [time, av frame, rgb or None]: last frame with time <= t
         self.ahead: list | None = None  # first frame with time > t
         self.done = False
