@@ -80,9 +80,17 @@ class TimelineWindow(_Open):
                                                                "/ui page's audio and video lanes)")
 
 
+class Decoding(_Open):
+    """How a timeline's file was decoded: cut at keyframes into segments for several workers, or in one pass."""
+    segments: int
+    workers: int
+    sequential: str | None = Field(None, description="why the file was decoded in one pass (null: split)")
+
+
 class TimelineResult(ClassifyResult):
     """The last line: the whole file (mean of the windows), with every window."""
     windows: list[WindowSummary]
+    decoding: Decoding | None = Field(None, description="the CLI's timelines: segments, workers or why one pass")
 
 
 class ErrorBody(BaseModel):

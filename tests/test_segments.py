@@ -138,6 +138,9 @@ def test_timeline_says_how_it_was_decoded(files, short_segments, tiny_bundle, mo
     path = files["h264_vfr.mp4"]
     split = list(classify_timeline(path, predictor, window=2.0, hop=1.0, workers=2, isolated=False))
     one = list(classify_timeline(path, predictor, window=2.0, hop=1.0, workers=1, isolated=False))
+    from mmdeploy.results import TimelineResult
+
+    TimelineResult.model_validate(split[-1])
     assert split[-1]["decoding"]["segments"] > 1 and split[-1]["decoding"]["sequential"] is None
     assert one[-1]["decoding"] == {"segments": 1, "workers": 1, "sequential": "one decode worker"}
     assert [w["probs"] for w in split[:-1]] == [w["probs"] for w in one[:-1]]
