@@ -9,8 +9,8 @@ openvino-fp32`): make the engine, gate it against fp32, cache it, time it, recor
                  below gate.min_agreement, or max-abs exceeds gate.max_abs (when set). An int8 engine that fails
                  is made again with more layers kept in fp32 (quantize.fp32_fallbacks) before export gives up:
                  then the file is renamed *.rejected, the record is dropped, and the error is one line.
-    3. cache     OpenVINO: the compiled model exported to RUN/export/<cache_name> (named by CPU, OpenVINO
-                 release, precision, source digest)
+    3. cache     OpenVINO: the compiled model (dynamic batch, and static batch 1) exported to
+                 RUN/export/<cache_name> (named by CPU, OpenVINO release, precision, shape, source digest)
     4. time      this engine, every other recorded one and ONNX Runtime fp32, interleaved, at batch 1 and the
                  target's opt batch, on this machine's cores
     5. record    files and digests in model.json export.engines, timings in export.timing (what `auto` ranks
@@ -217,15 +217,21 @@ def export_engine(bundle: Bundle, target: Target, onnx_path: Path, calibration: 
     if engine.runtime == "openvino":
         from mmdeploy.runtime.openvino_backend import cache_name, version, write_blob
 
-        cache = out / cache_name(str(cpu["key"]), version(), engine.precision, source_sha)
-        data = write_blob(compiled, cache)
-        caches = {k: v for k, v in (old.get("caches") or {}).items()  # other machines' caches of the same source
-                  if old.get("source_sha256") == source_sha and k != cpu["key"] and (bundle.path / v).is_file()}
-        caches[str(cpu["key"])] = rel(cache)
-        entry.update(caches=caches, openvino=version())
-        entry["files"].update({v: old["files"][v] for v in caches.values() if v in (old.get("files") or {})})
-        entry["files"][rel(cache)] = _sha(data)
-        report["cache"] = rel(cache)
+        from mmdeploy.runtime.openvino_backend import compile_file
+
+        key = str(cpu["key"])
+        entry["openvino"] = version()
+        for field, model, batch in (("caches", compiled, None),
+                                    ("caches_b1", compile_file(source, engine.precision, threads, 1), 1)):
+            cache = out / cache_name(key, version(), engine.precision, source_sha, batch)
+            data = write_blob(model, cache)
+            caches = {k: v for k, v in (old.get(field) or {}).items()  # other machines' caches of the same source
+                      if old.get("source_sha256") == source_sha and k != key and (bundle.path / v).is_file()}
+            caches[key] = rel(cache)
+            entry[field] = caches
+            entry["files"].update({v: old["files"][v] for v in caches.values() if v in (old.get("files") or {})})
+            entry["files"][rel(cache)] = _sha(data)
+        report["cache"] = entry["caches"][key]
     record_engine(bundle, name, entry)
     timing = time_recorded(bundle, target, threads, seconds)
     record_engine(bundle, name, entry, timing=timing)

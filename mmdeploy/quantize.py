@@ -258,7 +258,6 @@ def quantize_nncf(prepared: Path, dst: Path, windows: Windows, metadata: dict[st
     import io
     import logging
 
-    import nncf
     import onnx
 
     class Source:  # re-iterable: NNCF walks the calibration set once per statistic pass
@@ -266,9 +265,11 @@ def quantize_nncf(prepared: Path, dst: Path, windows: Windows, metadata: dict[st
             for a, v, _ in windows.chunks(1):
                 yield {"audio": a, "video": v}
 
-    nncf.set_log_level(logging.ERROR)
-    quiet = io.StringIO()  # NNCF's progress bars: the CLI's output stays its own (one line on error, JSON)
+    quiet = io.StringIO()  # NNCF's import notes and progress bars: the CLI's output stays its own (one line, JSON)
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
         quantized = nncf.quantize(onnx.load(str(prepared)), nncf.Dataset(Source()), subset_size=max(1, len(windows)),
                                   target_device=nncf.TargetDevice.CPU,
                                   ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False)

@@ -66,8 +66,9 @@ def test_export_records_every_engine_with_digests_gate_and_timing(tiny_cpu_engin
         if name.endswith("int8"):
             assert entry["source"] == f"export/model.{name}.onnx" and entry["source"] in entry["files"]
         if name.startswith("openvino"):
-            (cache,) = entry["caches"].values()
+            (cache,), (single,) = entry["caches"].values(), entry["caches_b1"].values()
             assert cache.endswith(".ovblob") and f"_ov{entry['openvino']}_{entry['precision']}_" in cache
+            assert f"_{entry['precision']}-b1_" in single and {cache, single} <= set(entry["files"])
     timing = m["export"]["timing"]
     assert timing["batches"] == [1, 8] and timing["threads"] >= 1 and timing["cpu"]
     assert set(timing["ms"]) == {"onnxruntime-cpu", *ENGINES}

@@ -275,10 +275,13 @@ def _build_openvino(name: str, run: Path, graph_batches: tuple[int, ...], thread
     meta = verify_bundle(run)
     source, _ = verified_source(run, meta, name)
     precision = ENGINES[name].precision
-    cache = verified_cache(run, meta, name, str(cpu_info()["key"]))  # edited: refused; another CPU: None
+    key = str(cpu_info()["key"])
+    cache = verified_cache(run, meta, name, key)  # edited: refused; another CPU or release: None
+    single = verified_cache(run, meta, name, key, batch=1)
     compiled = ovb.import_blob(cache[1], precision, threads) if cache else ovb.compile_file(source, precision, threads)
+    one = ovb.import_blob(single[1], precision, threads) if single else ovb.compile_file(source, precision, threads, 1)
     predictor = ovb.OpenVINOPredictor(compiled, meta["classes"], ClipSpec.from_dict(meta["spec"]), name, precision,
-                                      str(cache[0] if cache else source))
+                                      str(cache[0] if cache else source), single=one)
     predictor.cache = cache[0] if cache else None
     return predictor
 

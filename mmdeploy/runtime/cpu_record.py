@@ -3,7 +3,8 @@
     model.json export.engines[NAME] = {"precision": "int8", "onnx_sha256": <model.onnx it was made from>,
                                        "source": "export/model.openvino-int8.onnx",   (int8: the QDQ file)
                                        "files": {"export/...": sha256, ...},           (source + caches)
-                                       "caches": {"<cpu key>": "export/<cache_name>"}, (OpenVINO)
+                                       "caches": {"<cpu key>": "export/<cache_name>"}, (OpenVINO: dynamic
+                                       "caches_b1": {...},                               batch; static batch 1)
                                        "gate": {...the accuracy gate's numbers...}}
     model.json export.timing = {"cpu": <cpu key>, "cpu_model": ..., "batches": [1, 8], "threads": 2,
                                 "ms": {"onnxruntime-cpu": {"1": 52.1, "8": 390.0}, "openvino-int8": {...}}}
@@ -124,18 +125,20 @@ def verified_source(run: Path, meta: dict, name: str) -> tuple[Path, str]:
     return run / rel, digest
 
 
-def verified_cache(run: Path, meta: dict, name: str, cpu_key: str) -> tuple[Path, bytes] | None:
+def verified_cache(run: Path, meta: dict, name: str, cpu_key: str,
+                   batch: int | None = None) -> tuple[Path, bytes] | None:
     """The OpenVINO compiled-model cache model.json records for this CPU, OpenVINO release and source file,
     with its bytes checked against the recorded digest (BundleError if edited); None when there is none
-    (another CPU or release: the engine compiles from its verified source)."""
+    (another CPU or release: the engine compiles from its verified source). `batch` 1: the static batch-1 one."""
     from mmdeploy.runtime.openvino_backend import cache_name, version
 
     entry = recorded(meta, name)
     if entry is None:
         return None
     source_sha = entry.get("source_sha256") or _export(meta)["onnx_sha256"]
-    rel = f"export/{cache_name(cpu_key, version(), ENGINES[name].precision, source_sha)}"
-    if rel not in (entry.get("caches") or {}).values() or not (run / rel).is_file():
+    rel = f"export/{cache_name(cpu_key, version(), ENGINES[name].precision, source_sha, batch)}"
+    listed = (entry.get("caches") or {}).values() if batch is None else (entry.get("caches_b1") or {}).values()
+    if rel not in listed or not (run / rel).is_file():
         return None
     return run / rel, _checked_bytes(run, rel, entry, name)
 
