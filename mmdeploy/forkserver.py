@@ -1,4 +1,4 @@
-"""Imported last by the decode workers' forkserver (`mmdeploy.isolate.PRELOAD`), never by anything else.
+"""Imported last by the decode workers' forkserver (`mmdeploy.preload.PRELOAD`), never by anything else.
 
 It readies the process that every decode worker is forked from, once:
 - one features computation (numpy: the workers never import torch) on a silent black window, so each

@@ -42,6 +42,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator
 
+from mmdeploy import preload
 from mmdeploy.errors import MediaError
 from mmdeploy.jobs import FAST, file_job, window_jobs
 from mmdeploy.media.clip import DecodeOptions
@@ -52,10 +53,7 @@ IDLE_WORKERS = max(2, cpu_count())  # healthy workers kept for reuse
 # (0: never); a decoder's heap only grows (FFmpeg's buffers, the allocator's arenas), so a long-lived service
 # would otherwise keep every worker at its high-water mark. pipeline.start_decoders sets them from the settings.
 RECYCLE_JOBS, RECYCLE_MB = DECODE_RECYCLE_JOBS, DECODE_RECYCLE_MB
-PRELOAD = ["mmdeploy.workerenv", "mmdeploy.isolate", "mmdeploy.jobs", "mmdeploy.numpy_features", "mmdeploy.media",
-           "av", "mmdeploy.forkserver"]  # the first: one BLAS thread; the last warms up and freezes the heap
-# (see their docstrings). No torch: features are numpy (mmdeploy.numpy_features), so a worker starts in
-# a fraction of a second and a CLI on ONNX Runtime / OpenVINO never loads torch at all.
+PRELOAD = preload.PRELOAD  # what the forkserver imports (mmdeploy/preload.py): no torch, one BLAS thread
 
 
 class WorkerLost(Exception):

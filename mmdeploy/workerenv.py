@@ -1,4 +1,4 @@
-"""Imported first by the decode workers' forkserver (`mmdeploy.isolate.PRELOAD`), never by anything else.
+"""Imported first by the decode workers' forkserver (`mmdeploy.preload.PRELOAD`), never by anything else.
 
 Each decode worker runs one file at a time on one core (a torch that a job imports there takes one
 thread from OMP_NUM_THREADS too), and features are numpy (`mmdeploy.numpy_features`):

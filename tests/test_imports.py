@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mmdeploy.models", "mmdeploy.balance", "mmdeploy.recipe"),
     ("mmdeploy.spec", "mmdeploy.results", "mmdeploy.raycluster", "mmdeploy.environment"),
     ("mmdeploy.config", "mmdeploy.settings", "mmdeploy.progress", "mmdeploy.detections"),
-    ("mmdeploy.errors", "mmdeploy.assets", "mmdeploy"),
+    ("mmdeploy.errors", "mmdeploy.assets", "mmdeploy.preload", "mmdeploy"),
 ]
 
 

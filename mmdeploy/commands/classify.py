@@ -64,9 +64,12 @@ def register(app: typer.Typer) -> None:
             if len(files) != 1:
                 raise ConfigError(f"--live: give one SOURCE (a URL, - for stdin, or a device), got {len(files)}")
             return run_watch(files[0], model, backend, as_json, top_k, window, hop)
+        from mmdeploy import preload
+
+        preload.start()  # first: the decode workers' forkserver imports PyAV and numpy while we do the rest
         from mmdeploy.isolate import prestart
 
-        prestart()  # first: the decode worker's start (a process that imports PyAV) overlaps all below
+        prestart()  # and forks the first worker as soon as it is ready
         from mmdeploy.settings import Settings
 
         settings = Settings.from_env()  # the edge: read once, passed down
