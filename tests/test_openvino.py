@@ -165,6 +165,26 @@ def test_auto_takes_the_engine_the_record_timed_fastest_and_says_why(copy, monke
         assert runtime.load_predictor(copy, "openvino").backend == name  # the family follows the record too
 
 
+def test_cpu_only_names_every_cpu_engine():
+    from mmdeploy import runtime
+    from mmdeploy.runtime.cpu_record import ENGINES
+
+    assert set(ENGINES) <= runtime.CPU_ONLY <= set(runtime.BACKENDS) | set(runtime.FAMILIES)
+
+
+def test_classify_runs_a_clip_on_the_engine_auto_picks(copy, media_dir, monkeypatch, capsys):
+    from mmdeploy import runtime
+
+    for gpu in ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"):
+        monkeypatch.setitem(runtime.CHECKS, gpu, lambda: "faked off")
+    make_fastest(copy, "openvino-int8")
+    code, out, err = _main(monkeypatch, capsys, "classify", str(media_dir / "cremad_1001_DFA_ANG_XX.flv"),
+                           "--model", str(copy), "--json")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code in (0, None) and result["backend"] == "openvino-int8", err
+    assert sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_auto_ignores_a_timing_made_on_another_cpu(copy, monkeypatch):
     from mmdeploy import runtime
 
