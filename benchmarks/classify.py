@@ -13,6 +13,20 @@ the whole timeline (`classify_timeline`), each with the fast path and with `Deco
 Without --model: a random-weight bundle with the paper's ResNet18 encoders at the synth spec (speed only).
 Media is generated in a temp dir with PyAV (H.264 with B-frames + AAC). Needs `ffmpeg` on PATH for the
 ffmpeg rows.
+
+The README's "CLI speed and long timelines" tables (the default sections):
+
+    .venv/bin/python benchmarks/classify.py --sections cold,segments [--long-seconds 600] [--rounds 2]
+
+- cold: a cold `mmdeploy classify CLIP --model RUN --json` (CLIP: ../shared/media's 2.2-s CREMA-D clip; RUN:
+  the synth-cpu architecture, random weights, exported to ONNX, `auto` = ONNX Runtime), whole process, median of
+  --cold-repeats fresh processes, interleaved: this tree, and the tree at --before (git revision: the code before
+  torch left the inference path), each with Python's bytecode cache (as after any first run of an installed
+  package) and without (PYTHONDONTWRITEBYTECODE=1 and no cache: every import compiles, as this container runs);
+  then `-X importtime`'s largest imports of the CLI process and of the decode workers' forkserver.
+- segments: a --long-seconds 640x360 25-fps H.264 (B-frames) + stereo AAC file made by ffmpeg, `--window 2
+  --hop 2`: `ffmpeg -f null` (2 threads, 1 thread), our timeline whole process (the CLI) and in-process
+  (`classify_timeline`, model loaded, workers warm) with 1 and 2 decode workers, and the arithmetic for 16.
 """
 from __future__ import annotations
 
@@ -179,20 +193,55 @@ def random_bundle(root: Path, spec_name: str) -> Path:
     return run
 
 
+def synth_bundle(root: Path) -> Path:
+    """The synth-cpu recipe's architecture (width-16 ResNets, late fusion, 8 classes) with random weights at the
+    synth spec, exported to ONNX: `make demo`'s bundle, for speed (training changes no timing)."""
+    from mmdeploy.bundle import load_bundle, save_bundle
+    from mmdeploy.export import export_onnx
+    from mmdeploy.models import build_model
+    from mmdeploy.spec import preset
+
+    arch = {m: {"type": "resnet", "width": 16, "layers": [1, 1, 1, 1]} for m in ("audio", "video")}
+    arch["fusion"] = {"type": "late"}
+    classes = [f"class{i}" for i in range(8)]
+    run = save_bundle(root / "synth-run", build_model(arch, len(classes)).eval(), classes, preset("synth"))
+    export_onnx(load_bundle(run))
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="run folder (default: random ResNet18 bundle at --spec)")
     ap.add_argument("--spec", default="synth", help="preset for the random bundle")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--long-seconds", type=float, default=120.0)
+    ap.add_argument("--long-seconds", type=float, default=None, help="long file: 600 s (segments), 120 s (timeline)")
     ap.add_argument("--size", default="640x360", help="video size of the 3-s clips")
     ap.add_argument("--sizes", default="640x360,1280x720", help="video sizes of the long files (timeline)")
     ap.add_argument("--folder-clips", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the timeline table")
-    ap.add_argument("--sections", default="clip,timeline,folder")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the timeline / segments tables")
+    ap.add_argument("--sections", default="cold,segments", help="cold,segments (the README's tables), clip, "
+                    "timeline (the decoding-ceiling table), folder")
+    ap.add_argument("--cold-repeats", type=int, default=7)
+    ap.add_argument("--before", default="c128cc6", help="git revision for the cold-start 'before' row")
+    ap.add_argument("--workers", default="1,2", help="segments: decode workers to measure")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
+    if sections & {"cold", "segments"}:
+        from speed import cold_section, segments_section  # benchmarks/speed.py
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench_speed_"))
+        try:
+            run = args.model or synth_bundle(tmp)
+            if "cold" in sections:
+                cold_section(run, tmp, args.cold_repeats, args.before)
+            if "segments" in sections:
+                segments_section(run, tmp, args.long_seconds, args.rounds,
+                                 [int(w) for w in args.workers.split(",")])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not sections - {"cold", "segments"}:
+            return
 
     import torch
 
@@ -234,9 +283,9 @@ def main() -> None:
         # 2. timeline of long files vs the decoding ceilings
         if "timeline" in sections:
             for dims in args.sizes.split(","):
-                long = write_clip(tmp / f"long{dims}.mp4", args.long_seconds, 25,
-                                  tuple(int(v) for v in dims.split("x")))
-                timeline_vs_ceiling(long, args.long_seconds, predictor, args.rounds, dims)
+                seconds = args.long_seconds or 120.0
+                long = write_clip(tmp / f"long{dims}.mp4", seconds, 25, tuple(int(v) for v in dims.split("x")))
+                timeline_vs_ceiling(long, seconds, predictor, args.rounds, dims)
 
         # 3. folder, 1 worker vs all cores (the first pool also starts the forkserver: torch + PyAV imports)
         if "folder" not in sections:

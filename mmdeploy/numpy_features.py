@@ -10,8 +10,9 @@ Every step follows features.py's choices, operation for operation:
 - video: torch's uint8 antialiased bilinear resize (`interpolate(..., antialias=True)` on uint8, the
   Pillow-SIMD algorithm): per axis, triangle-filter weights in float64 normalised per output pixel,
   rounded to int16 at the precision where the largest weight still fits, width pass then height pass,
-  each an integer dot product + half an LSB, shifted and clamped to uint8; then (x * 1/(255 std) -
-  mean/std) in float32 with the same float32 constants.
+  each an integer dot product + half an LSB, shifted and clamped to uint8 (float32 matrix products, and the
+  few outputs near a rounding boundary redone in int64: `_pass`); then (x * 1/(255 std) - mean/std) in
+  float32 with the same float32 constants.
 How close the two are is a test (`tests/test_features.py`, `TOLERANCE`), on every shared clip and on the
 generated codec matrix: frames are bit-identical; spectrograms differ only by the FFT libraries'
 rounding (numpy's pocketfft vs torch's), within `TOLERANCE["audio"]` in normalised log units.
@@ -143,7 +144,7 @@ def frame_tensor(frames: np.ndarray, spec: ClipSpec) -> np.ndarray:
     std = np.asarray(spec.frame_std, np.float32).reshape(3, 1, 1, 1)
     scale = np.float32(1.0) / (np.float32(255.0) * std)
     shift = np.asarray(spec.frame_mean, np.float32).reshape(3, 1, 1, 1) / std
-    out = x.astype(np.float32)  # integers: exact
+    out = x  # float32 integers 0..255, exact
     out *= scale  # two float32 steps, as torch's mul_ then sub_
     out -= shift
     if out.shape[1] != spec.frames:  # a clip decoded with another frame count: evenly spaced frames
@@ -153,44 +154,56 @@ def frame_tensor(frames: np.ndarray, spec: ClipSpec) -> np.ndarray:
 
 
 def resize_planar(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[N, H, W, C] uint8 -> [C, N, height, width] float64 holding the uint8 values of torch's
-    antialiased bilinear uint8 resize (`interpolate(..., antialias=True)`): the width pass, then the
-    height pass, each skipped when that size already fits."""
-    x = np.transpose(frames, (3, 0, 1, 2)).astype(np.float64, order="C")  # [C, N, H, W], planar
+    """[N, H, W, C] uint8 -> [C, N, height, width] float32 holding the uint8 values of torch's antialiased
+    bilinear uint8 resize (`interpolate(..., antialias=True)`): the width pass, then the height pass, each
+    skipped when that size already fits."""
+    x = np.transpose(frames, (3, 0, 1, 2)).astype(np.float32, order="C")  # [C, N, H, W], planar
     c, n, h, w = x.shape
     if w != width:
-        bands, precision = _bands(w, width)
-        flat = x.reshape(-1, w)
-        out = np.empty((flat.shape[0], width))
-        for lo, hi, a, b, weights in bands:
-            out[:, lo:hi] = flat[:, a:b] @ weights.T
-        x = _to_uint8(out, precision).reshape(c, n, h, width)
+        x = _pass(x.reshape(-1, w), w, width).reshape(c, n, h, width)
     if h != height:
-        bands, precision = _bands(h, height)
-        stack = x.reshape(c * n, h, width)
-        out = np.empty((c * n, height, width))
-        for lo, hi, a, b, weights in bands:
-            out[:, lo:hi] = np.matmul(weights, stack[:, a:b])
-        x = _to_uint8(out, precision).reshape(c, n, height, width)
-    return x
+        rows = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).reshape(-1, h)  # small now: [C*N*width, h]
+        x = _pass(rows, h, height).reshape(c, n, width, height).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(x)
 
 
-def _to_uint8(acc: np.ndarray, precision: int) -> np.ndarray:
-    """(acc + 2^(p-1)) >> p, clamped to [0, 255]: torch's rounding of an integer dot product, done on
-    float64 integers (exact: every partial sum is an integer far below 2^53, scaling by 2^-p is exact)."""
-    acc += float(1 << (precision - 1))
-    acc *= 1.0 / (1 << precision)
-    np.floor(acc, out=acc)
-    return np.clip(acc, 0.0, 255.0, out=acc)
+def _pass(x: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
+    """One separable pass over the last axis of x [rows, in_size] (float32 holding integers 0..255): torch's
+    integer dot product of each output pixel's taps with its int16 weights, + 2^(p-1), >> p, clamped.
+
+    The products run as float32 matrix products over bands of BAND output pixels (each reads a contiguous run
+    of inputs). Every product is exact (8-bit x 15-bit), but a float32 sum of them may round: by at most
+    (band width) * 2^-24 * 255 of one output level. So an output whose scaled sum lies within that much (twice,
+    to be safe) of a rounding boundary is recomputed in int64 from its taps: the result is torch's, exactly."""
+    bands, (first, weights, precision) = _bands(in_size, out_size)
+    acc = np.empty((x.shape[0], out_size), np.float32)
+    widest = 1
+    for lo, hi, a, b, band in bands:
+        acc[:, lo:hi] = x[:, a:b] @ band
+        widest = max(widest, b - a)
+    acc *= np.float32(1.0 / (1 << precision))  # exact: a power of two
+    acc += np.float32(0.5)
+    out = np.floor(acc)
+    margin = np.float32(DOUBT * widest * 255.0 * 2.0 ** -24 + 2.0 ** -15)
+    frac = acc - out
+    doubt = np.nonzero((frac < margin) | (frac > 1 - margin))
+    if doubt[0].size:
+        rows, cols = doubt
+        taps = first[cols][:, None] + np.arange(weights.shape[1])  # [n, taps]; weights are 0 past each pixel's own
+        values = x[rows[:, None], np.minimum(taps, in_size - 1)].astype(np.int64)
+        exact = (values * weights[cols].astype(np.int64)).sum(axis=1)
+        out[rows, cols] = (exact + (1 << (precision - 1))) >> precision
+    return np.clip(out, 0.0, 255.0, out=out)
 
 
-BAND = 16  # output pixels per matrix product: fewer products vs fewer zero weights in each
+DOUBT = 2.0  # x the float32 sum's error bound: outputs this close to a rounding boundary are redone exactly
+BAND = 8  # output pixels per matrix product: fewer products vs fewer zero weights in each (8: fastest at 640->64)
 
 
 @lru_cache(maxsize=64)
-def _bands(in_size: int, out_size: int) -> tuple[list[tuple[int, int, int, int, np.ndarray]], int]:
-    """([(lo, hi, a, b, float64 weights [hi - lo, b - a])] for each band of output pixels lo..hi, which
-    reads inputs a..b; precision). Weights outside a pixel's own taps are zero."""
+def _bands(in_size: int, out_size: int) -> tuple[list[tuple[int, int, int, int, np.ndarray]], tuple]:
+    """([(lo, hi, a, b, float32 weights [b - a, hi - lo])] for each band of output pixels lo..hi, which reads
+    inputs a..b; int16_weights(...)). Weights outside a pixel's own taps are zero."""
     first, weights, precision = int16_weights(in_size, out_size)
     taps = weights.shape[1]
     bands = []
@@ -198,12 +211,12 @@ def _bands(in_size: int, out_size: int) -> tuple[list[tuple[int, int, int, int, 
         hi = min(lo + BAND, out_size)
         a = int(first[lo:hi].min())
         b = min(in_size, int(first[lo:hi].max()) + taps)
-        band = np.zeros((hi - lo, b - a))
+        band = np.zeros((b - a, hi - lo), np.float32)
         for i in range(lo, hi):
             k = min(taps, b - int(first[i]))
-            band[i - lo, first[i] - a:first[i] - a + k] = weights[i, :k]
+            band[first[i] - a:first[i] - a + k, i - lo] = weights[i, :k]
         bands.append((lo, hi, a, b, band))
-    return bands, precision
+    return bands, (first, weights, precision)
 
 
 @lru_cache(maxsize=64)

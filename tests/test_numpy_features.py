@@ -117,6 +117,15 @@ def test_resize_is_bit_identical_to_torch_on_random_shapes():
         assert np.array_equal(ours, t.permute(1, 0, 2, 3).numpy()), ((h, w), (oh, ow))
 
 
+def test_resize_exact_path_alone_matches_torch(monkeypatch):
+    """The int64 recomputation that fixes float32 sums near a rounding boundary, applied to every output."""
+    monkeypatch.setattr(numpy_features, "DOUBT", 1e9)  # every output is "near a boundary"
+    frames = np.random.default_rng(3).integers(0, 256, (2, 90, 160, 3), dtype=np.uint8)
+    t = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2), size=(40, 64),
+                                        mode="bilinear", align_corners=False, antialias=True)
+    assert np.array_equal(numpy_features.resize_planar(frames, 40, 64), t.permute(1, 0, 2, 3).numpy())
+
+
 @pytest.mark.parametrize("options", [
     {"scale": "magnitude", "window": "hann", "center": True},
     {"scale": "power", "window": "hamming", "center": False},
