@@ -1,6 +1,7 @@
 """batch: Parquet rows equal classify's results, corrupt files are error rows, manifests carry columns,
 reruns skip what is written, a killed run resumes with every file exactly once, timelines keep file ids,
-and the Ray engine gives the same labels as the local one (a dead worker costs only its file)."""
+and the Ray engine gives the same labels as the local one (a decoder crash or hang costs only its file). Ray on
+several nodes, a node lost mid-run, actor restarts and the object-store cap: tests/test_ray_cluster.py."""
 from __future__ import annotations
 
 import os
@@ -217,35 +218,43 @@ def test_cli_reports_summary_and_bad_input(folder, tiny_bundle, tmp_path, monkey
 
 # ---- the Ray engine ---------------------------------------------------------------------------------------
 def crash_on_named(path, spec):
-    """Decode job that kills its Ray worker on files named *crash*, as a decoder segfault would."""
+    """Decode job that dies on files named *crash* (as a decoder segfault would) and hangs on *hang*."""
     from mmdeploy.jobs import file_job
 
     if "crash" in os.path.basename(path):
         os.kill(os.getpid(), signal.SIGKILL)
+    if "hang" in os.path.basename(path):
+        time.sleep(600)
     return file_job(path, spec)
 
 
-def test_ray_gives_the_local_labels_and_a_dead_worker_costs_only_its_file(ray_local, folder, local,
-                                                                          tiny_bundle, tmp_path):
-    from mmdeploy.batch.ray_engine import LOST
-
+def test_ray_gives_the_local_labels_and_a_crash_or_a_hang_costs_only_its_file(ray_local, folder, local,
+                                                                              tiny_bundle, tmp_path):
+    """Each file decodes in a decode process of its Ray task, within the run's time limit: a decoder crash and a
+    decode that hangs are error rows of their own (a hang blocked its task forever before), the others the local
+    engine's labels."""
     archive = tmp_path / "archive"
     shutil.copytree(folder, archive)
     shutil.copy(next(folder.glob("0*.mp4")), archive / "crash.mp4")
+    shutil.copy(next(folder.glob("0*.mp4")), archive / "hang.mp4")
     out = tmp_path / "results"
-    summary = run_batch([str(archive)], out, Job(model=tiny_bundle, backend="torch"), engine="ray", quiet=True,
-                        ray_options={"decode_batch_files": 2, "decode_job": crash_on_named})
-    assert (summary.done, summary.failed) == (8, 2)
+    t0 = time.monotonic()
+    summary = run_batch([str(archive)], out, Job(model=tiny_bundle, backend="torch", timeout=10.0), engine="ray",
+                        quiet=True, ray_options={"decode_batch_files": 2, "decode_job": crash_on_named})
+    assert time.monotonic() - t0 < 300
+    errs = {Path(r["path"]).name: r["error"] for r in read_results(out).to_pylist() if r["error"]}
+    assert (summary.done, summary.failed) == (9, 3), errs
     rows = {Path(p).name: r for p, r in by_path(read_results(out).to_pylist()).items()}
-    assert rows["crash.mp4"]["error"] == LOST
+    assert rows["crash.mp4"]["error"].startswith("the decoder crashed (signal 9, SIGKILL)"), rows["crash.mp4"]
+    assert rows["hang.mp4"]["error"].startswith("decoding took longer than 10 s"), rows["hang.mp4"]
     want = {Path(r["path"]).name: r for r in local}
-    assert set(rows) == set(want) | {"crash.mp4"}
+    assert set(rows) == set(want) | {"crash.mp4", "hang.mp4"}
     for name, w in want.items():  # the crash's batch-mate was retried alone and classified
         assert (rows[name]["label"], rows[name]["error"]) == (w["label"], w["error"]), name
         if w["error"] is None:
             assert dict(rows[name]["probs"]) == pytest.approx(dict(w["probs"]), abs=1e-5)
     again = run_batch([str(archive)], out, Job(model=tiny_bundle, backend="torch"), engine="ray", quiet=True)
-    assert (again.done, again.skipped) == (0, 8)
+    assert (again.done, again.skipped) == (0, 9)
 
 
 def test_ray_timeline_equals_local_timeline(ray_local, folder, tiny_bundle, tmp_path):
@@ -259,3 +268,17 @@ def test_ray_timeline_equals_local_timeline(ray_local, folder, tiny_bundle, tmp_
     assert [(key(r), r["file_id"], r["label"], r["error"]) for r in ray_rows] == \
         [(key(r), r["file_id"], r["label"], r["error"]) for r in local_rows]
     assert len(ray_rows) >= 7
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(ray_local):
+    """`mmdeploy batch --engine ray` without --address starts Ray through raycluster.connect: its GCS, raylet and
+    workers listen on 127.0.0.1 only (they listened on every interface), and token authentication is on."""
+    import psutil
+
+    from mmdeploy.raycluster import LOOPBACK
+
+    family = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    listening = [c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in family]
+    assert listening and all(ip in (LOOPBACK, "::ffff:" + LOOPBACK) for ip in listening), listening
+    assert all(n["NodeManagerAddress"] == LOOPBACK for n in ray_local.nodes())
+    assert os.environ.get("RAY_AUTH_MODE") == "token"  # Ray 2.59+: on for a new local instance

@@ -2,8 +2,9 @@
 
     sources (path, file_id, ...; one block per decode batch)
       -> map_batches(decode_batch)   CPU tasks, at most `decoders` at once, num_cpus=1 each: jobs.file_job
-                                     (or jobs.window_jobs for timelines) with the bundle's ClipSpec,
-                                     i.e. the same compute_features as classify and training
+                                     (or jobs.window_jobs for timelines) with the bundle's ClipSpec, each
+                                     file in a decode process of the task's (mmdeploy.isolate, as the CLI),
+                                     with the run's decode time limit per file (per window for timelines)
       -> map_batches(Classifier)     actor pool, one Predictor per actor (load_predictor(run, backend)),
                                      num_gpus=1 per actor for a GPU backend; pipeline.classify_items
       -> the driver                  rows (JSON, small) stream back; parquet.PartWriter writes the parts
@@ -13,10 +14,12 @@ at the same paths on every node (a shared filesystem), and every node needs mmde
 Memory: Ray Data streams blocks and backpressures on `object_store_memory`; the features of one decode
 batch are the unit in flight.
 
-Failures: a decode task whose worker dies (a decoder crash, out of memory) is retried once by Ray; if it
-fails again its block is dropped (`max_errored_blocks` unlimited) and the run goes on. The files that did
-not come back are then run one per task (no further retry), so only the file that kills its worker is
-lost; it gets an error row. An inference actor that dies is restarted once and its batch retried.
+Failures: a decoder crash or a decode past the time limit costs its file only (an error row naming the
+signal or the limit; the task goes on with the next file). A decode task whose Ray worker dies (out of
+memory, its node lost) is retried once by Ray; if it fails again its block is dropped (`max_errored_blocks`
+unlimited) and the run goes on. The files that did not come back are then run one per task (no further
+retry), so only a file that kills its worker is lost; it gets an error row. An inference actor that dies
+is restarted once and its batch retried. Rows of a file seen twice (a retried task) are dropped.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from mmdeploy.batch.rows import Assembler, error_row, result_row
 from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError
 from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.raycluster import OBJECT_STORE_MB, configure_data, connect
-from mmdeploy.settings import cpu_count
+from mmdeploy.settings import DECODE_TIMEOUT_S, cpu_count
 
 DECODE_BATCH = 16  # files per decode task (and per input block): the unit a worker death costs
 INFER_BATCH = 32  # windows per inference call
@@ -66,17 +69,16 @@ def _spec(spec_json: str):
 
 def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | None, hop: float | None,
                  timeline: bool, out_rows: int = INFER_BATCH, job: Callable | None = None,
-                 options: DecodeOptions = DecodeOptions()) -> Iterator[dict]:
+                 options: DecodeOptions = DecodeOptions(), timeout: float | None = DECODE_TIMEOUT_S) -> Iterator[dict]:
     """Decode task: a batch of sources (JSON) -> batches of feature rows, at most `out_rows` each:
     meta (JSON: the source, window, timings, error, `_rows`), audio/video arrays (zeros when absent)
-    and has_audio/has_video. `job(path, spec)` replaces jobs.file_job (tests inject failures with it)."""
+    and has_audio/has_video. Each file decodes in a decode process (isolate) within `timeout` s (a
+    timeline: per window). `job(path, spec)` replaces jobs.file_job (tests inject failures with it)."""
     import functools
 
-    import torch
+    from mmdeploy import isolate
+    from mmdeploy.jobs import file_job
 
-    from mmdeploy.jobs import file_job, window_jobs
-
-    torch.set_num_threads(1)
     spec = _spec(spec_json)
     job = job or functools.partial(file_job, options=options)
     rows: list[dict[str, Any]] = []
@@ -85,13 +87,14 @@ def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | N
         if timeline:
             n = 0
             try:
-                for item in window_jobs(src["path"], spec, window, hop, options):
-                    n += 1
-                    rows.append({"src": src, "audio": item["audio"], "video": item["video"], "error": None,
-                                 "window": item["window"], "timings_ms": item["timings_ms"], "_rows": 0})
-                    if len(rows) >= out_rows:
-                        yield _pack(rows, spec)
-                        rows = []
+                with isolate.iter_isolated(src["path"], spec, window, hop, timeout, options) as windows:
+                    for item in windows:
+                        n += 1
+                        rows.append({"src": src, "audio": item["audio"], "video": item["video"], "error": None,
+                                     "window": item["window"], "timings_ms": item["timings_ms"], "_rows": 0})
+                        if len(rows) >= out_rows:
+                            yield _pack(rows, spec)
+                            rows = []
                 if n == 0:
                     raise MediaError(src["path"], "no window could be decoded")
                 _mark_end(rows, src, n)
@@ -99,8 +102,8 @@ def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | N
                 rows.append(_error(src, exc, n + 1))
         else:
             try:
-                got = job(src["path"], spec)
-            except Exception as exc:  # noqa: BLE001
+                got = isolate.call(src["path"], job, (src["path"], spec), timeout)
+            except Exception as exc:  # noqa: BLE001 - a crash or a timeout: this file only
                 got = {"error": _reason(exc)}
             if "error" in got:
                 rows.append(_error(src, got["error"], 1))
@@ -192,7 +195,8 @@ class Classifier:
 
 # ---- the driver ------------------------------------------------------------------------------------------
 def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_block: int, decoders: int,
-             actors: int, gpus: float, actor_cpus: float, decode_job: Callable | None, retries: int = 1):
+             actors: int, gpus: float, actor_cpus: float, decode_job: Callable | None, retries: int = 1,
+             classifier: type = Classifier):
     import pyarrow as pa
     import ray.data
 
@@ -204,9 +208,9 @@ def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_bl
         ds = ds.map_batches(decode_batch, batch_size=per_block, batch_format="numpy", zero_copy_batch=True,
                             fn_kwargs={"spec_json": spec_json, "window": job.window, "hop": job.hop,
                                        "timeline": job.timeline, "job": decode_job,
-                                       "options": job.options},
+                                       "options": job.options, "timeout": job.timeout},
                             compute=ray.data.TaskPoolStrategy(size=decoders), num_cpus=1, max_retries=retries)
-        ds = ds.map_batches(Classifier, batch_size=INFER_BATCH, batch_format="numpy",
+        ds = ds.map_batches(classifier, batch_size=INFER_BATCH, batch_format="numpy",
                             fn_constructor_kwargs={"run": str(job.model), "backend": job.backend,
                                                    "top_k": job.top_k, "model": model,
                                                    "threads": max(1, int(actor_cpus))},
@@ -219,17 +223,20 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
             address: str | None = None, actors: int | None = None, decoders: int | None = None,
             gpus_per_actor: float | None = None, actor_cpus: float | None = None,
             object_store_mb: int = OBJECT_STORE_MB, decode_batch_files: int = DECODE_BATCH,
-            decode_job: Callable | None = None) -> float:
+            decode_job: Callable | None = None, token_file: str | None = None,
+            classifier: type = Classifier) -> float:
     """Classify `todo` on Ray; complete files' rows go to `files_done`. Returns the start-up seconds
-    (joining or starting Ray). Defaults: one actor per GPU (or one on a CPU-only cluster), decode tasks
-    on every CPU the actors leave."""
+    (joining or starting Ray; `token_file`: the cluster's auth token). Defaults: one actor per GPU (or one
+    on a CPU-only cluster), decode tasks on every CPU the actors leave. `classifier` replaces the inference
+    actor's class (tests)."""
     import ray
 
     from mmdeploy.bundle import load_bundle
 
     spec_json = load_bundle(job.model, with_model=False).spec.to_json()
     local_cpus = cpu_count()
-    start = connect(address, cpus=None if address else local_cpus + 1)  # +1: the actor, as classify's main process
+    start = connect(address, cpus=None if address else local_cpus + 1,  # +1: the actor, as classify's main process
+                    token_file=token_file)
     configure_data(object_store_mb)
     gpu = uses_gpu(job.backend)
     resources = ray.cluster_resources()
@@ -246,7 +253,7 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
     def stream(sources: list[Source], per_block: int, retries: int) -> None:
         assembler = Assembler()
         ds = _dataset(sources, job, model, spec_json, per_block, decoders, actors, gpus, actor_cpus, decode_job,
-                      retries)
+                      retries, classifier)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["row"]:
                 row = json.loads(str(text))

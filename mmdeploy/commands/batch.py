@@ -29,7 +29,10 @@ def register(app: typer.Typer) -> None:
         engine: Engine = typer.Option(Engine.local, "--engine", help="local: process pool on this machine; "
                                                                      "ray: Ray Data (local instance or --address)."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray: join this cluster (`ray start --head` "
-                                                                      "prints it; 'auto' = the local one)."),
+                                                                      "prints it; 'auto' = the local one); none: a "
+                                                                      "local instance on 127.0.0.1 only."),
+        ray_token_file: Optional[Path] = typer.Option(None, "--ray-token-file", help="Ray: the cluster's auth token "
+                                                      "(RAY_AUTH_MODE=token clusters; `ray get-auth-token` prints it)."),
         backend: Backend = typer.Option(Backend.auto, "--backend", help="Runtime, as in classify."),
         top_k: int = typer.Option(5, "--top-k", min=1, help="How many classes to list per row."),
         window: Optional[float] = typer.Option(None, "--window", min=0.01, help="Timeline: one row per window of "
@@ -43,8 +46,8 @@ def register(app: typer.Typer) -> None:
         gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0.0,
                                                        help="ray: GPUs per actor for a GPU backend (default 1)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N files."),
-        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="local: seconds a file's window "
-                                                "may take to decode (default: $MMDEPLOY_DECODE_TIMEOUT_S, else 60)."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="Seconds a file's window may take to "
+                                                "decode (default: $MMDEPLOY_DECODE_TIMEOUT_S, else 60)."),
         part_rows: int = typer.Option(512, "--part-rows", min=1, help="Rows per Parquet part (what a kill can "
                                                                       "lose at most)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress line."),
@@ -70,12 +73,14 @@ def register(app: typer.Typer) -> None:
             elif shown == SHOWN_ERRORS + 1:
                 typer.echo(f"error: ... more failed files: see the `error` column in {out}", err=True)
 
-        if engine is Engine.local and (address or actors or gpus_per_actor is not None):
-            typer.echo("note: --address/--actors/--gpus-per-actor apply to --engine ray only", err=True)
+        if engine is Engine.local and (address or actors or gpus_per_actor is not None or ray_token_file):
+            typer.echo("note: --address/--actors/--gpus-per-actor/--ray-token-file apply to --engine ray only",
+                       err=True)
         job = Job(model=model if model is not None else latest_bundle("runs"), backend=backend.value, top_k=top_k,
                   window=window, hop=hop, timeout=timeout if timeout is not None else settings.decode_timeout_s,
                   workers=workers, options=decode_options(settings))
-        ray_options = {"address": address, "actors": actors, "decoders": workers, "gpus_per_actor": gpus_per_actor}
+        ray_options = {"address": address, "actors": actors, "decoders": workers, "gpus_per_actor": gpus_per_actor,
+                       "token_file": ray_token_file}
         summary = run_batch(inputs, out, job, engine=engine.value, limit=limit, part_rows=part_rows, quiet=quiet,
                             ray_options=ray_options, on_error=on_error)
         typer.echo(summary.line(out))
