@@ -75,9 +75,9 @@ def window_count(spec: ClipSpec, window: float, hop: float, duration: float) -> 
     return k
 
 
-def first_target(spec: ClipSpec, k: int, window: float, hop: float, duration: float) -> float:
-    """The earliest frame target of window k (its frames are taken at spec offsets over its length)."""
-    wspec = spec if window == spec.window_seconds else spec.replace(window_seconds=window)
+def first_target(wspec: ClipSpec, k: int, hop: float, duration: float) -> float:
+    """The earliest frame target of window k (its frames are taken at spec offsets over its length; `wspec`:
+    the spec with the timeline's window length)."""
     return frame_targets(wspec, k * hop, window_length(wspec, k * hop, None, duration))[0]
 
 
@@ -111,6 +111,7 @@ def plan_segments(path: str | os.PathLike, spec: ClipSpec, window: float | None 
             return sequential(f"too short to split ({duration:.0f} s; segments need {MIN_SEGMENT_SECONDS:g} s)",
                               windows, audio is not None)
         only(src.container, video)
+        wspec = spec if window == spec.window_seconds else spec.replace(window_seconds=window)
         starts, keys = [0], [0.0]
         for j in range(1, count):
             kf = keyframe_before(src, video, j * per)
@@ -119,7 +120,7 @@ def plan_segments(path: str | os.PathLike, spec: ClipSpec, window: float | None 
             if kf <= keys[-1]:
                 continue  # the same keyframe as the previous boundary: keyframes sparser than segments
             k0 = next((k for k in range(starts[-1] + 1, windows)
-                       if first_target(spec, k, window, hop, duration) - MARGIN >= kf), None)
+                       if first_target(wspec, k, hop, duration) - MARGIN >= kf), None)
             if k0 is None:
                 break
             starts.append(k0)
