@@ -26,6 +26,29 @@ def load() -> str:
     return "load average " + " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+def effective_cores(n: int = 20_000_000) -> float:
+    """How many cores this run really gets now: one busy loop alone vs one per core at once (a shared machine
+    gives less than os.cpu_count(); parallel decoding cannot beat what this says)."""
+    import multiprocessing
+
+    t0 = time.perf_counter()
+    _spin(n)
+    one = time.perf_counter() - t0
+    cores = os.cpu_count() or 1
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(_spin, [1] * cores)  # the processes are up
+        t0 = time.perf_counter()
+        pool.map(_spin, [n] * cores, chunksize=1)
+        return cores * one / (time.perf_counter() - t0)
+
+
 def env_for(tree: Path, cache: Path | None) -> dict[str, str]:
     """PYTHONPATH = tree; `cache`: a bytecode cache folder (None: compile every import, write nothing)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
@@ -147,7 +170,7 @@ def segments_section(run: Path, tmp: Path, seconds: float | None, rounds: int, w
     pipeline.warm_decoder()
     print(f"timeline of a {seconds:.0f}-s 640x360 H.264 (B-frames) + AAC file, `--window 2 --hop 2`; "
           f"{machine()}; backend {predictor.backend}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"at start: {load()}\n")
+          f"at start: {load()}; cores this run gets (busy-loop test): {effective_cores():.2f} of {os.cpu_count()}\n")
     quiet = {"check": True, "stdout": subprocess.DEVNULL}
     cli_env = env_for(REPO, tmp / "pyc-cli")
     cli = [sys.executable, "-m", "mmdeploy", "classify", str(long), "--model", str(run), "--window", "2", "--hop",
@@ -197,5 +220,5 @@ def segments_section(run: Path, tmp: Path, seconds: float | None, rounds: int, w
               f"gives a = {a:.2f} s (not divided: the parent's merge and inference, start-up) and b = {b:.2f} s "
               f"(divided among workers); with 15 video workers and the audio pass ({audio:.2f} s alone, a floor) on "
               f"16 cores: T = max(a + b / 15, audio) = {t16:.2f} s = {ref / t16:.1f}x this machine's `ffmpeg -f "
-              f"null`, {seconds / t16:.0f}x real time.")
+              f"null`, {seconds / t16:.0f}x real time. Cores this run got at the end: {effective_cores():.2f}.")
     print()

@@ -160,12 +160,9 @@ class Classifier:
     """Inference actor: one Predictor, feature rows -> RESULTS rows as JSON (with `_rows`)."""
 
     def __init__(self, run: str, backend: str, top_k: int, model: str, threads: int = 1):
-        import torch
+        from mmdeploy.pipeline import load_model
 
-        from mmdeploy.runtime import load_predictor
-
-        torch.set_num_threads(threads)
-        self.predictor = load_predictor(run, backend, threads=threads)
+        self.predictor = load_model(run, backend, threads)  # torch only for a torch backend
         self.top_k, self.model = top_k, model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
