@@ -38,11 +38,12 @@ import numpy as np
 from mmdeploy import pipeline
 from mmdeploy.errors import MediaError
 from mmdeploy.media.clip import DecodeOptions
-from mmdeploy.media.live import ENDED, OPEN_S, READ_S, LiveSource
+from mmdeploy.media.live import ENDED, OPEN_S, READ_S, LiveSource, release_memory
 from mmdeploy.pipeline import BATCH
 
 BACKOFF_S = (1.0, 30.0)  # first wait before reopening a lost source, and the longest
 LATENCY_BINS_MS = 60_000  # the histogram holds 1-ms bins up to a minute (and one bin beyond)
+TRIM_EVERY = 60  # windows between two release_memory() calls here
 
 
 # ---- pure parts ---------------------------------------------------------------------------------------
@@ -349,6 +350,8 @@ class LiveSession:
                                self.dropped)
             self.latency.add(line["latency_ms"])
             self.last_end = max(self.last_end, line["end"])
+            if self.windows % TRIM_EVERY == 0:
+                release_memory()  # see media.live.release_memory
             yield line
 
     def _close_stream(self) -> None:
@@ -358,9 +361,11 @@ class LiveSession:
             close()
 
     def stop(self) -> None:
+        """End `run()` at its next line and kill the decode worker now (from any thread)."""
         self.closed.set()
         with self.cond:
             self.cond.notify_all()
+        self._close_stream()
 
     def summary(self) -> dict[str, Any]:
         return {"summary": {"source": self.source.name, "windows": self.windows, "dropped": self.dropped,

@@ -452,12 +452,18 @@ def test_a_source_that_never_opens_is_one_clear_line(tiny_bundle):
     assert lines[-1]["summary"]["windows"] == 0 and lines[-1]["summary"]["reconnects"] == 1
 
 
-def test_a_device_this_ffmpeg_lacks_is_one_line():
+def test_inputs_this_ffmpeg_lacks_are_one_line():
     from mmdeploy.errors import MediaError
     from mmdeploy.media.live import open_source
 
     with pytest.raises(MediaError, match="has no input format 'nosuchdevice'; capture with the ffmpeg command"):
         open_source(LiveSource("x", "x", format="nosuchdevice"), 1.0, 1.0)
+    try:
+        container, _ = open_source(LiveSource("srt://127.0.0.1:9", "srt"), 1.0, 1.0)
+    except MediaError as exc:  # PyAV's wheels have no SRT: the line says how to pipe it in instead
+        assert "has no srt:// protocol" in exc.reason or "cannot open" in exc.reason or "no stream" in exc.reason
+    else:  # a build with SRT: nothing listens on port 9, so the open times out
+        container.close()
 
 
 # ---- the service's WebSocket (/live/ws), in-process ------------------------------------------------------
@@ -545,12 +551,18 @@ def test_a_browser_stream_over_the_websocket(tiny_bundle, webm_clip):
 @TESTCLIENT
 @needs_ffmpeg
 def test_websocket_bounds_and_a_hostile_stream_cost_only_their_session(tiny_bundle, webm_clip):
-    with live_app(tiny_bundle, live_sessions=1, live_idle_s=1.0, live_max_bytes_per_s=50_000) as client:
+    with live_app(tiny_bundle) as client:
         with client.websocket_connect("/ws?type=webm") as ws:  # bytes that are no stream: this session only
             ws.receive_json()
             ws.send_bytes(os.urandom(40_000))
             lines = received(ws, "summary")
             assert lines[0]["event"] == "ended" and lines[0]["failed"] and "cannot open" in lines[0]["message"]
+        with client.websocket_connect("/ws?type=webm") as ws:  # the next session decodes as if nothing happened
+            ws.receive_json()
+            ws.send_bytes(webm_clip.read_bytes())
+            ws.send_json({"stop": True})
+            assert received(ws, "summary")[-1]["summary"]["windows"] == 2  # 4 s at the model's 2-s hop
+    with live_app(tiny_bundle, live_sessions=1, live_idle_s=1.0, live_max_bytes_per_s=50_000) as client:
         with client.websocket_connect("/ws?type=webm") as ws:  # silence: the idle bound
             ws.receive_json()
             lines = received(ws, "summary")

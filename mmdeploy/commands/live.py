@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-SOURCE_HELP = ("A URL FFmpeg opens (udp://, rtp://, rtsp://, srt://, http(s):// progressive or HLS .m3u8), `-` for "
+SOURCE_HELP = ("A URL FFmpeg opens (udp://, rtp://, rtsp://, http(s):// progressive or HLS .m3u8; srt:// where PyAV's "
+               "FFmpeg has it), `-` for "
                "a stream on stdin, or a capture device with --format (alsa, x11grab, lavfi, ...).")
 
 

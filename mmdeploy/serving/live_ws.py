@@ -37,6 +37,9 @@ from mmdeploy.settings import Settings
 FORMATS = {"webm": "matroska", "mp4": "mov", "ts": "mpegts"}  # ?type= -> FFmpeg's demuxer
 BURST_S = 2.0  # seconds of MMDEPLOY_LIVE_MAX_BYTES_PER_S a session may send at once
 SOURCE_RECONNECTS = 3  # an allowed URL that drops is reopened this many times in a row
+# what an allowed URL (and the playlists or redirects it leads to) may use: network protocols only, never file:,
+# pipe:, fd:, data:, subfile: or concat: (FFmpeg applies the list to every nested open too)
+NETWORK_PROTOCOLS = "udp,rtp,rtsp,srtp,tcp,tls,http,https,httpproxy,hls,crypto,srt"
 
 log = logging.getLogger("mmdeploy.service")
 
@@ -128,7 +131,8 @@ class LiveSocket:
             return await close(ws, {"error": f"the model is not ready ({exc})"}, 1013)
         feed = None
         if request.source is not None:
-            source, reconnects = LiveSource(request.source, request.source), SOURCE_RECONNECTS
+            source = LiveSource(request.source, request.source, options=(("protocol_whitelist", NETWORK_PROTOCOLS),))
+            reconnects = SOURCE_RECONNECTS
         else:
             feed = PipeFeed("browser", request.format, max_queued=int(s.live_max_bytes_per_s * 2 * BURST_S))
             source, reconnects = feed.source(), 0
