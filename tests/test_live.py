@@ -404,6 +404,21 @@ def test_http_and_hls_streams(tiny_bundle, clip, tmp_path):
     assert all(w["latency_ms"] >= 0 for w in windows)
 
 
+@pytest.mark.slow
+def test_a_capture_device_with_format(tiny_bundle):
+    """A device FFmpeg has (lavfi's test pattern and tone in real time, as a camera and a microphone would be):
+    raw frames are all keyframes, so windows have video from the first one."""
+    from mmdeploy.runtime import load_predictor
+
+    graph = ("testsrc2=size=96x72:rate=25,realtime[out0];"
+             "sine=frequency=440:sample_rate=16000,arealtime[out1]")
+    session = LiveSession(LiveSource(graph, "lavfi", format="lavfi"), load_predictor(tiny_bundle, "torch"), 2.0, 1.0,
+                          reconnects=0, duration_s=3.0)
+    windows = [x for x in session.run() if "probs" in x]
+    assert [w["start"] for w in windows] == [0.0, 1.0] and all(w["modalities"] == ["audio", "video"] for w in windows)
+    assert session.summary()["summary"]["ended"] == "reached --duration 3 s"
+
+
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass

@@ -186,6 +186,13 @@ def live_windows(name: str, source: LiveSource, spec: ClipSpec, window: float, h
             reader.close()
 
 
+def every_frame_a_keyframe(stream) -> bool:
+    """Intra-only video (raw frames from a device or lavfi, MJPEG cameras): each packet decodes on its own,
+    whether or not the demuxer flags it as a keyframe."""
+    codec = stream.codec_context.codec
+    return bool(getattr(codec, "intra_only", False)) or codec.name in ("wrapped_avframe", "rawvideo")
+
+
 class Decoder:
     """Packets in arrival order -> samples and frames into the window assembler -> finished windows."""
 
@@ -195,7 +202,7 @@ class Decoder:
         self.rate = windows.rate
         self.fps = float(video.average_rate or video.guessed_rate or 25.0) if video is not None else 25.0
         self.resampler, self.setup = None, None
-        self.started = video is None  # video decodes from its first keyframe on
+        self.started = video is None or every_frame_a_keyframe(video)  # else from its first keyframe on
         self.waited = 0               # video packets skipped before it
         self.bad = 0                  # corrupt packets in a row
         self.latest: float | None = None  # latest packet time (stream s)
