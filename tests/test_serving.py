@@ -358,7 +358,12 @@ def test_too_many_or_too_long_fields_are_400(server, media_dir):
     assert r.status_code == 400 and "fields" in r.json()["error"], r.text
     body, headers = multipart((b'name="video"; filename="a.mpg"', clip), (b'name="note"', b"x" * 100_000))
     r = httpx.post(server + "/classify", content=body, headers=headers, timeout=60)
-    assert r.status_code == 400 and "'note'" in r.json()["error"], r.text
+    assert r.status_code == 400 and "'note' is not one this route takes" in r.json()["error"], r.text
+    body, headers = multipart((b'name="video"; filename="a.mpg"', clip), (b'name="hop"', b"1" * 100_000))
+    r = httpx.post(server + "/timeline", content=body, headers=headers, timeout=60)
+    assert r.status_code == 400 and "'hop' is longer than 1000 bytes" in r.json()["error"], r.text
+    r = post(server, media_dir / "grid_s1_bbaf2n.mpg", window="2")  # /classify takes no window
+    assert r.status_code == 400 and "'window'" in r.json()["error"], r.text
 
 
 def test_file_names_echo_a_base_name_and_control_characters_are_400(server, media_dir):
@@ -402,6 +407,7 @@ def test_openapi_states_what_the_server_enforces(server, media_dir):
         body = spec["paths"][route]["post"]["requestBody"]
         assert body["required"] is True
         assert "video" in body["content"]["multipart/form-data"]["schema"]["required"]
+        assert body["content"]["multipart/form-data"]["schema"]["additionalProperties"] is False
     fields = spec["paths"]["/timeline"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert fields["window"]["anyOf"] == [{"enum": [0]}, {"minimum": 0.1, "maximum": 600.0}]
     assert fields["hop"]["anyOf"] == [{"enum": [0]}, {"minimum": 0.1, "maximum": 600.0}]
@@ -634,9 +640,13 @@ def test_request_bounds():
     assert "301 windows" in count_problem(30.05, 0.1, 300)
     assert base_name("..\\..\\windows\\win.ini") == "win.ini" and base_name("/x/") == "upload"
     assert name_problem("a\x00b") and name_problem("a\nb") and name_problem("é" * 200) and not name_problem("clip.mp4")
-    assert fields_problem([{"name": "hop", "size": 3, "value": b"2.5"}]) is None
-    assert "'hop'" in fields_problem([{"name": "hop", "size": 3, "value": b"abc"}])
-    assert "longer" in fields_problem([{"name": "x", "size": 5000}])
+    assert fields_problem([{"name": "hop", "size": 3, "value": b"2.5"}], timeline=True) is None
+    assert "'hop'" in fields_problem([{"name": "hop", "size": 3, "value": b"abc"}], timeline=True)
+    assert "longer" in fields_problem([{"name": "hop", "size": 5000}], timeline=True)
+    assert "not one this route takes" in fields_problem([{"name": "x", "size": 3, "value": b"abc"}])
+    assert "not one this route takes" in fields_problem([{"name": "hop", "size": 1, "value": b"1"}])  # /classify
+    assert "bounds" not in (fields_problem([{"name": "hop", "size": 3, "value": b"2.5"}], timeline=True) or "")
+    assert "window=700" in fields_problem([{"name": "window", "size": 3, "value": b"700"}], timeline=True)
 
 
 def test_openapi_patch_keeps_bentoml_paths():

@@ -50,13 +50,18 @@ def name_problem(filename: str) -> str | None:
 
 
 def fields_problem(parts: list[dict[str, Any]], timeline: bool = False) -> str | None:
-    """Why the form fields beside the file are refused, or None: a field too long, sent twice, window/hop
-    sent as a file or not a finite number and, on /timeline (`timeline`), out of `timeline_problem`'s bounds.
-    What passes here, the service's own parsing accepts (no request reaches it to fail there)."""
+    """Why the form fields beside the file are refused, or None: a field the route does not take (/classify:
+    video; /timeline, `timeline`: video, window, hop), one sent twice, too long, window/hop sent as a file or not
+    a finite number or out of `timeline_problem`'s bounds. What passes here, the service's own parsing accepts
+    (no request reaches it to fail there), and the OpenAPI document says the same (serving/schema.py)."""
     seen: set[str] = set()
     numbers = {}
+    taken = (FIELD, *NUMBER_FIELDS) if timeline else (FIELD,)
     for part in parts:
         name = str(part.get("name"))[:40]
+        if name not in taken:
+            return (f"form field {name!r} is not one this route takes; send only "
+                    f"{', '.join(repr(t) for t in taken)}")
         if name in (FIELD, *NUMBER_FIELDS):
             if name in seen:
                 return f"form field {name!r} sent more than once; send it once"

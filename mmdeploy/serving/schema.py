@@ -70,6 +70,7 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
             for media in body.get("content", {}).values():
                 form = media.get("schema", {})
                 form["required"] = sorted({*form.get("required", []), FIELD})
+                form["additionalProperties"] = False  # the guard refuses any other field
                 fields = form.get("properties", {})
                 for name, low in (("window", MIN_WINDOW_S), ("hop", MIN_HOP_S)):
                     if name in fields:
