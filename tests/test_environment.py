@@ -60,7 +60,12 @@ def test_doctor_reports_a_whole_environment():
     assert r.stdout.startswith("environment  ok")
 
 
-@pytest.mark.parametrize("command", ["serve", "classify"])
+@pytest.mark.parametrize("command", ["serve", "classify", "watch", "batch"])
 def test_backend_is_validated_before_anything_runs(command, tmp_path):
-    r = run(command, *(["x.mp4"] if command == "classify" else []), "--backend", "tpu")
-    assert r.returncode == 2 and "Invalid value for '--backend'" in r.stderr and "Traceback" not in r.stderr
+    """One check of --backend against the runtime registry for every command that runs a model: one line
+    naming the option, before any file, stream or model is looked at (x.mp4 does not exist)."""
+    args = {"classify": ["x.mp4"], "watch": ["udp://127.0.0.1:9"], "batch": ["x.mp4", "--out", str(tmp_path)]}
+    r = run(command, *args.get(command, []), "--backend", "tpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: --backend 'tpu': unknown; choose auto") and r.stderr.count("\n") == 1
+    assert run(command, *args.get(command, []), "--backend", "openvino-int8", "-h").returncode == 0

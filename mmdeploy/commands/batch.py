@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mmdeploy.commands.classify import Backend
+from mmdeploy.commands.classify import backend_option
 
 SHOWN_ERRORS = 20  # failed files printed on stderr; all of them are rows in RESULTS
 
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
                                                                       "local instance on 127.0.0.1 only."),
         ray_token_file: Optional[Path] = typer.Option(None, "--ray-token-file", help="Ray: the cluster's auth token "
                                                       "(RAY_AUTH_MODE=token clusters; `ray get-auth-token` prints it)."),
-        backend: Backend = typer.Option(Backend.auto, "--backend", help="Runtime, as in classify."),
+        backend: str = backend_option(help="Runtime, as in classify."),
         top_k: int = typer.Option(5, "--top-k", min=1, help="How many classes to list per row."),
         window: Optional[float] = typer.Option(None, "--window", min=0.01, help="Timeline: one row per window of "
                                                                                 "this many seconds."),
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         if engine is Engine.local and (address or actors or gpus_per_actor is not None or ray_token_file):
             typer.echo("note: --address/--actors/--gpus-per-actor/--ray-token-file apply to --engine ray only",
                        err=True)
-        job = Job(model=model if model is not None else latest_bundle("runs"), backend=backend.value, top_k=top_k,
+        job = Job(model=model if model is not None else latest_bundle("runs"), backend=backend, top_k=top_k,
                   window=window, hop=hop, timeout=timeout if timeout is not None else settings.decode_timeout_s,
                   workers=workers, options=decode_options(settings))
         ray_options = {"address": address, "actors": actors, "decoders": workers, "gpus_per_actor": gpus_per_actor,

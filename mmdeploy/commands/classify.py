@@ -1,7 +1,6 @@
 """`mmdeploy classify FILE...`: predictions for files, folders and globs; timelines with --window/--hop."""
 from __future__ import annotations
 
-import enum
 import json
 from pathlib import Path
 from typing import Optional
@@ -9,17 +8,22 @@ from typing import Optional
 import typer
 
 
-class Backend(str, enum.Enum):
-    """--backend of batch and serve (classify takes any name of the registry: BACKEND_HELP)."""
-    auto = "auto"
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
-
-
 BACKEND_HELP = ("Runtime: auto (the best usable), a family (onnxruntime, openvino, torch, tensorrt) or one backend "
                 "of the registry (onnxruntime-cpu, openvino-int8, torch-cpu, ...: `mmdeploy doctor` lists them).")
+
+
+def check_backend(value: Optional[str]) -> Optional[str]:
+    """--backend of classify, watch, batch and serve: checked against the runtime registry before any work
+    (one line, exit 2, for a name it does not know)."""
+    if value is None:
+        return None
+    from mmdeploy.runtime import check_name
+
+    return check_name(value, "--backend")
+
+
+def backend_option(default: Optional[str] = "auto", help: str = BACKEND_HELP):
+    return typer.Option(default, "--backend", help=help, callback=check_backend)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +33,7 @@ def register(app: typer.Typer) -> None:
     def classify(
         files: list[str] = typer.Argument(..., help="Media files, folders (searched recursively) or globs."),
         model: Optional[Path] = typer.Option(None, "--model", help="Run folder (bundle); default: newest under runs/."),
-        backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+        backend: str = backend_option(),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line (per file; per window too "
                                                           "with --window, then the file's object with `windows`)."),
         top_k: int = typer.Option(5, "--top-k", min=1, help="How many classes to list."),

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from mmdeploy.commands.classify import backend_option
+
 SOURCE_HELP = ("A URL FFmpeg opens (udp://, rtp://, rtsp://, http(s):// progressive or HLS .m3u8; srt:// where PyAV's "
                "FFmpeg has it), `-` for "
                "a stream on stdin, or a capture device with --format (alsa, x11grab, lavfi, ...).")
@@ -22,7 +24,7 @@ def register(app: typer.Typer) -> None:
     def watch(
         source: str = typer.Argument(..., help=SOURCE_HELP),
         model: Optional[Path] = typer.Option(None, "--model", help="Run folder (bundle); default: newest under runs/."),
-        backend: str = typer.Option("auto", "--backend", help="Runtime: auto, torch, onnxruntime, tensorrt, ..."),
+        backend: str = backend_option(),
         as_json: bool = typer.Option(False, "--json", help="NDJSON on stdout: a line per window, event lines, "
                                                           "and the summary line at the end."),
         top_k: int = typer.Option(5, "--top-k", min=1, help="How many classes to list."),

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mmdeploy.commands.classify import Backend
+from mmdeploy.commands.classify import backend_option
 
 SERVICE = "mmdeploy.service:AVClassifier"  # ships in the package: works from a wheel, no checkout needed
 
@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         model: Optional[Path] = typer.Option(None, "--model", help="Run folder (bundle) to serve; default: "
                                                                   "$MMDEPLOY_MODEL, else the BentoML store model."),
         tag: Optional[str] = typer.Option(None, "--tag", help="BentoML store tag (default av-classifier:latest)."),
-        backend: Optional[Backend] = typer.Option(None, "--backend", help="Runtime (default: $MMDEPLOY_BACKEND "
-                                                                          "or auto)."),
+        backend: Optional[str] = backend_option(None, "Runtime, as in classify (default: $MMDEPLOY_BACKEND or "
+                                                      "auto)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 for every interface."),
         port: int = typer.Option(3000, "--port", min=0, max=65535, help="TCP port."),
     ) -> None:
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         from mmdeploy.settings import Settings
 
         overrides = {"model": str(model.resolve()) if model is not None else None, "model_tag": tag,
-                     "backend": backend.value if backend is not None else None}
+                     "backend": backend}
         settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
         path = model_path(settings)  # a missing model or backend fails here, in one line, not in a worker
         read_meta(path)

@@ -186,13 +186,21 @@ def select_backend(run: str | Path, backend: str = "auto") -> tuple[str, dict[st
     return _select(Path(run), backend)[:2]
 
 
+def check_name(backend: str, key: str = "backend") -> str:
+    """`backend` if --backend may name it (auto, a family, an alias or a registered backend), else
+    BackendUnavailable naming `key` and the choices. Imports nothing: commands call it before any work."""
+    name = ALIASES.get(backend, backend)
+    candidates = AUTO_ORDER if name == "auto" else FAMILIES.get(name, (name,))
+    if any(c not in CHECKS for c in candidates):
+        raise BackendUnavailable(f"{key} {backend!r}: unknown; choose auto, onnxruntime, openvino, torch, "
+                                 f"or one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def _select(run: Path, backend: str) -> tuple[str, dict[str, str], str]:
     """select_backend, plus why the chosen one (for auto and families that rank CPU engines by the record)."""
-    backend = ALIASES.get(backend, backend)
+    backend = ALIASES.get(check_name(backend), backend)
     candidates = AUTO_ORDER if backend == "auto" else FAMILIES.get(backend, (backend,))
-    if any(c not in CHECKS for c in candidates):
-        raise BackendUnavailable(f"backend {backend!r}: unknown; choose auto, onnxruntime, openvino, torch, "
-                                 f"or one of {', '.join(BACKENDS)}")
     skipped, why = {}, ""
     if backend in ("auto", "openvino"):
         faster, why_not, why = _measured_cpu_engines(run)
