@@ -18,9 +18,11 @@ Goals (issue #13): concurrency 32 >= 0.9x offline files/s with p99 <= 3x p50; co
 the offline single-file time.
 
 Soak: --concurrency (last level) clients for --soak seconds; every --every seconds a row with requests,
-errors, and memory: the API worker's RSS, the model worker's RSS and the proportional set size (PSS:
-shared pages counted once) of all the service's processes. Then the growth over the second half and
-every error's cause with its count (a 503 says which: model queue full, model service restarting, ...).
+errors, and memory: the API worker's RSS, the model worker's RSS, the largest decode process's RSS and the
+proportional set size (PSS: shared pages counted once) of all the service's processes. Then the windows the
+model service was called with (its own metrics) against the answers (a lost call or one run twice shows
+there), the memory growth from the soak's middle third to its last and every error's cause with its count. It exits 1 on a single
+error, a single lost or repeated model call, or growth past --max-growth-pct in any process kind.
 
 Fuzz: every file of a corpus (`benchmarks/fuzz_corpus.py make --out DIR`) to /classify, every
 --timeline-every-th also to /timeline; counts answers by status; 5xx or a broken connection is a failure
@@ -156,12 +158,13 @@ def offline(model: Path, backend: str, clip: Path, files: int) -> tuple[float, f
     return statistics.median(single), (len(times) - 1 - half) / (times[-1] - times[half])
 
 
-# ---- memory --------------------------------------------------------------------------------------
+# ---- memory ----------------------------------------------------------------------------------------
 def memory(pid: int) -> dict[str, float]:
-    """MB: the API worker's RSS, the model worker's RSS, and the PSS of every process of the service."""
+    """MB: the API worker's RSS, the model worker's RSS, the largest decode process's RSS, the PSS of every
+    process of the service; and the decode processes' ids."""
     import psutil
 
-    out = {"api_rss": 0.0, "model_rss": 0.0, "pss": 0.0, "processes": 0}
+    out = {"api_rss": 0.0, "model_rss": 0.0, "decode_rss": 0.0, "pss": 0.0, "processes": 0, "decoders": set()}
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
@@ -172,39 +175,87 @@ def memory(pid: int) -> dict[str, float]:
                 out["processes"] += 1
                 if "_bentoml_impl.worker.service" in cmd:
                     out["model_rss" if "av-model" in cmd else "api_rss"] += mem.rss / 2**20
+                elif "multiprocessing.forkserver" in " ".join(p.parent().cmdline()):  # forked by it: a decoder
+                    out["decode_rss"] = max(out["decode_rss"], mem.rss / 2**20)
+                    out["decoders"].add(p.pid)
+    return out
+
+
+def model_windows(url: str) -> float:
+    """Windows the model service has been called with (its adaptive batching histogram's sum)."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_sum{") and 'method_name="predict"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+GROWTH_KEYS = {"api_rss": "API worker RSS", "model_rss": "model worker RSS", "decode_rss": "largest decode process RSS",
+               "pss": "all processes PSS"}
+
+
+def third_growth(rows: list[tuple[float, dict]]) -> dict[str, float]:
+    """% growth of each memory figure: its peak over the last third of the soak against its peak over the middle
+    third (decode processes are replaced as they wear, so their figure is a saw: peaks compare, samples do not)."""
+    end = rows[-1][0]
+    middle = [m for t, m in rows if end / 3 <= t < 2 * end / 3] or [rows[len(rows) // 2][1]]
+    last = [m for t, m in rows if t >= 2 * end / 3] or [rows[-1][1]]
+    out = {}
+    for k in GROWTH_KEYS:
+        before, after = max(m[k] for m in middle), max(m[k] for m in last)
+        if before:
+            out[k] = 100 * (after - before) / before
     return out
 
 
 def soak(url: str, pid: int, data: bytes, name: str, concurrency: int, seconds: float, every: float,
-         log: Path) -> None:
-    print(f"soak: {concurrency} clients for {seconds:.0f} s\n")
-    print("| t (s) | requests | errors | p50 ms | API worker RSS MB | model worker RSS MB | all processes PSS MB "
-          "| processes |\n|---|---|---|---|---|---|---|---|")
+         log: Path, max_growth_pct: float) -> int:
+    """`concurrency` clients for `seconds`; a row every `every` s. Returns the number of broken rules: any
+    answer but 200 (a lost call waits for its limit and comes back 503), any model call lost or run twice
+    (windows the model saw != answers), memory of a process kind growing more than `max_growth_pct` % from the
+    middle third of the soak to the last (`third_growth`)."""
+    print(f"soak: {concurrency} clients for {seconds:.0f} s, load average {os.getloadavg()[0]:.1f}\n")
+    print("| t (s) | requests | errors | p50 ms | p99 ms | API worker RSS MB | model worker RSS MB "
+          "| largest decode process RSS MB | all processes PSS MB | processes |\n|---|---|---|---|---|---|---|---|---|---|")
     m = memory(pid)
     rows = [(0.0, m)]
-    print(f"| 0 | 0 | 0 | | {m['api_rss']:.0f} | {m['model_rss']:.0f} | {m['pss']:.0f} | {m['processes']} |")
+    seen_decoders = set(m["decoders"])
+    print(f"| 0 | 0 | 0 | | | {m['api_rss']:.0f} | {m['model_rss']:.0f} | {m['decode_rss']:.0f} | {m['pss']:.0f} "
+          f"| {m['processes']} |")
     done = 0
     errors: collections.Counter = collections.Counter()
+    windows0 = model_windows(url)
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
         r = load(url, data, name, concurrency, requests=10**9, max_seconds=min(every, seconds - elapsed))
         done += r["n"]
         errors.update(r["errors"])
         m = memory(pid)
+        seen_decoders |= m["decoders"]
         t = time.monotonic() - start
         rows.append((t, m))
-        print(f"| {t:.0f} | {done} | {sum(errors.values())} | {r['p50']:.0f} | {m['api_rss']:.0f} "
-              f"| {m['model_rss']:.0f} | {m['pss']:.0f} | {m['processes']} |", flush=True)
-    mid = min(rows, key=lambda row: abs(row[0] - rows[-1][0] / 2))[1]
-    end = rows[-1][1]
-    print("\ngrowth over the second half: " + ", ".join(
-        f"{k} {100 * (end[k] - mid[k]) / mid[k]:+.1f} %" for k in ("api_rss", "model_rss", "pss") if mid[k]))
-    print(f"errors: {sum(errors.values())} of {done + sum(errors.values())} requests")
+        print(f"| {t:.0f} | {done} | {sum(errors.values())} | {r['p50']:.0f} | {r['p99']:.0f} | {m['api_rss']:.0f} "
+              f"| {m['model_rss']:.0f} | {m['decode_rss']:.0f} | {m['pss']:.0f} | {m['processes']} |", flush=True)
+    time.sleep(2)  # the last answers' metrics
+    windows = model_windows(url) - windows0
+    growth = third_growth(rows)
+    total = done + sum(errors.values())
+    print(f"\nrequests: {total}, answered 200: {done}, errors: {sum(errors.values())}; windows the model was called "
+          f"with: {windows:.0f} (lost or repeated calls: {abs(windows - done):.0f}); decode processes seen: "
+          f"{len(seen_decoders)} (recycled after MMDEPLOY_DECODE_RECYCLE_JOBS jobs)")
+    print("growth (the last third's peak over the middle third's): " +
+          ", ".join(f"{GROWTH_KEYS[k]} {v:+.1f} %" for k, v in growth.items()))
     for what, n in errors.most_common():
         print(f"  {n} x {what}")
-    logged = [line for line in log.read_text(errors="replace").splitlines() if "[WARNING]" in line and " 50" in line]
+    logged = [line for line in log.read_text(errors="replace").splitlines()
+              if "Traceback" in line or ("[WARNING]" in line and " 50" in line) or "retried once" in line]
     for line in logged[:20]:
         print(f"  service log: {line[:300]}")
+    broken = sum(errors.values()) + int(windows != done) + sum(v > max_growth_pct for v in growth.values())
+    print(f"\n{'PASS' if not broken else 'FAIL'}: {broken} broken rule(s) (any error, any lost or repeated model "
+          f"call, growth over {max_growth_pct:g} %)")
+    return broken
 
 
 def fuzz(url: str, corpus: Path, concurrency: int, timeline_every: int, log: Path) -> int:
@@ -264,6 +315,7 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service (repeatable)")
     ap.add_argument("--soak", type=float, nargs="?", const=600.0, default=None, help="soak for SECONDS (600)")
     ap.add_argument("--every", type=float, default=30, help="soak: report interval, seconds")
+    ap.add_argument("--max-growth-pct", type=float, default=5.0, help="soak: most memory growth, middle third to last (%%)")
     ap.add_argument("--fuzz", type=Path, default=None, help="post every file of this corpus folder "
                                                             "(benchmarks/fuzz_corpus.py make) and count 5xx")
     ap.add_argument("--timeline-every", type=int, default=10, help="fuzz: every Nth file also to /timeline")
@@ -284,8 +336,8 @@ def main() -> None:
         log = log_dir / "soak.log"
         with service(args.model, args.backend, True, args.api_workers, log, extra_env) as (url, pid):
             load(url, data, name, 4, 16, 60)  # warm
-            soak(url, pid, data, name, levels[-1], args.soak, args.every, log)
-        return
+            broken = soak(url, pid, data, name, levels[-1], args.soak, args.every, log, args.max_growth_pct)
+        raise SystemExit(1 if broken else 0)
 
     single_ms, ceiling = offline(args.model, args.backend, args.clip, args.requests)
     print(f"\noffline: one file {single_ms:.0f} ms (classify_file, warm, median of 15); "
