@@ -31,7 +31,7 @@ from mmdeploy.serving.bounds import count_problem, timeline_problem
 from mmdeploy.serving.guard import UploadGuard
 from mmdeploy.serving.headers import ResponseRules
 from mmdeploy.serving.live_ws import LiveSocket
-from mmdeploy.serving.remote import KEEP_SESSION, RemotePredictor, stack_probs, unpack
+from mmdeploy.serving.remote import KEEP_SESSION, RemotePredictor, model_timeout_s, stack_probs, unpack
 from mmdeploy.serving.schema import OpenAPIPatch
 from mmdeploy.settings import Settings
 
@@ -41,7 +41,8 @@ log = logging.getLogger("mmdeploy.service")
 core.one_copy_of_server_logs()
 
 
-@bentoml.service(name="av-model", workers=SETTINGS.model_workers, traffic={"timeout": SETTINGS.request_timeout_s},
+@bentoml.service(name="av-model", workers=SETTINGS.model_workers,
+                 traffic={"timeout": model_timeout_s(SETTINGS.max_latency_ms)},  # short: see remote.py
                  runner_connection=KEEP_SESSION)  # the API's session to it is never replaced under calls (remote.py)
 class AVModel:
     """The model (bundle from MMDEPLOY_MODEL, else the BentoML store), loaded and warmed before ready.

@@ -66,8 +66,10 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(10000, gt=0, description="longest a window may wait for the model; past it, 503")
     api_workers: int = Field(1, gt=0, description="API (decoding) processes")
     model_workers: int = Field(1, gt=0, description="model processes")
-    request_timeout_s: int = Field(600, gt=0, description=(
-        "time limit for a whole request, including a streamed timeline"))
+    request_timeout_s: int = Field(180, gt=0, description=(
+        "time limit to the first byte of an answer (BentoML's traffic timeout; past it 504); a timeline then streams "
+        "as long as its windows take. Each request holds a few KB until this passes (a BentoML timer), so it also "
+        "sets how long memory climbs under load before it levels"))
     frame_threads: int = Field(1, gt=0, description=(
         "frame threads of a timeline's video decoder (CLI, batch and service); `1` (measured no slower on 2 cores, "
         "and no oversubscription beside other decoders)"))

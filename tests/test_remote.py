@@ -112,3 +112,14 @@ def test_the_service_declares_the_kept_session():
     from mmdeploy.serving.remote import KEEP_SESSION
 
     assert AVModel.config["runner_connection"] == KEEP_SESSION
+
+
+def test_the_model_service_times_out_in_a_minute_not_ten():
+    """BentoML keeps every request's timer (with its future, context and trace span) until the traffic timeout
+    passes: the model service's is short, so its memory levels after a minute under load (600 s: it climbed
+    through a whole 10-minute soak)."""
+    from mmdeploy.service import SETTINGS, AVModel
+    from mmdeploy.serving.remote import MODEL_TIMEOUT_S, model_timeout_s
+
+    assert AVModel.config["traffic"]["timeout"] == model_timeout_s(SETTINGS.max_latency_ms) == MODEL_TIMEOUT_S
+    assert model_timeout_s(90_000) == 180.0  # a longer batching latency still fits

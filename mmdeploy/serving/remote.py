@@ -46,6 +46,16 @@ def stack_probs(probs: dict[str, np.ndarray]) -> np.ndarray:
 # then 503). The model service is a local socket: nothing gains from a new session, so the session is never
 # replaced (the AVModel service's `runner_connection` config). tests/test_serving.py shows both sides.
 KEEP_SESSION = {"max_requests": 10**12, "max_age": 1e12}
+# BentoML's traffic timeout (bentoml/_internal/server/http/traffic.py) arms a timer per request and never cancels
+# it: until it fires, each request's future, context and trace span stay in memory (~5 KB). So a service's
+# memory climbs for `timeout` seconds under load before it levels. The model service answers within its
+# batching latency (MMDEPLOY_MAX_LATENCY_MS) or refuses: a minute is ample, and its memory is level after one.
+MODEL_TIMEOUT_S = 60.0
+
+
+def model_timeout_s(max_latency_ms: int) -> float:
+    """The model service's traffic timeout: MODEL_TIMEOUT_S, or longer for a longer batching latency."""
+    return max(MODEL_TIMEOUT_S, 2 * max_latency_ms / 1000)
 
 
 class ModelCallError(Exception):
