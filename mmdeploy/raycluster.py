@@ -58,10 +58,15 @@ def use_token(token_file: str | os.PathLike) -> None:
         raise ConfigError(f"--ray-token-file {path}: the file is empty; pass the cluster's token")
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path.resolve()))
+
+
+def reread_auth() -> None:
+    """Make an already imported Ray read RAY_AUTH_* again (it reads them once, and caches the token): the
+    token of a previous instance or cluster in this process must not be the one sent to the next."""
     import sys
 
     raylet = sys.modules.get("ray._raylet")
-    if raylet is not None:  # Ray was imported already and read its settings then: it reads them again
+    if raylet is not None:
         raylet.Config.initialize("")
         raylet.AuthenticationTokenLoader.instance().reset_cache()
 
@@ -75,6 +80,7 @@ def connect(address: str | None = None, cpus: int | None = None, temp_dir: str |
         use_token(token_file)
     if not address or on_loopback(address):
         local_only()
+    reread_auth()
     import ray
 
     t0 = time.perf_counter()

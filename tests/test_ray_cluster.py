@@ -51,7 +51,7 @@ def cluster(tmp_path_factory):
     A Ray instance this session had (tests/conftest.py's ray_local) is shut down first and started again after."""
     from ray.cluster_utils import Cluster
 
-    from mmdeploy.raycluster import connect, local_only, use_token
+    from mmdeploy.raycluster import connect, local_only, reread_auth, use_token
 
     had_ray = ray.is_initialized()
     ray.shutdown()
@@ -64,7 +64,8 @@ def cluster(tmp_path_factory):
     env.setenv("RAY_AUTH_MODE", "token")
     env.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     env.delenv("RAY_AUTH_TOKEN", raising=False)
-    use_token(token)  # this process's Ray reads its settings again: the nodes it starts and it use the token
+    use_token(token)
+    reread_auth()  # this process's Ray reads its settings again: the nodes it starts and it use the token
     local_only()  # Ray keeps 127.0.0.1 as the nodes' address (mmdeploy/raycluster.py)
     nodes = None
     for attempt in range(3):  # a loaded machine can miss Ray's fixed raylet start-up wait
