@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mmdeploy.commands.classify import backend_option
+from mmdeploy.commands.options import backend_option
 
 SHOWN_ERRORS = 20  # failed files printed on stderr; all of them are rows in RESULTS
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from mmdeploy.commands.classify import backend_option
+from mmdeploy.commands.options import backend_option
 
 SOURCE_HELP = ("A URL FFmpeg opens (udp://, rtp://, rtsp://, http(s):// progressive or HLS .m3u8; srt:// where PyAV's "
                "FFmpeg has it), `-` for "

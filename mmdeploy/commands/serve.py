@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mmdeploy.commands.classify import backend_option
+from mmdeploy.commands.options import backend_option
 
 SERVICE = "mmdeploy.service:AVClassifier"  # ships in the package: works from a wheel, no checkout needed
 
