@@ -12,6 +12,28 @@ from mmdeploy.media.source import MAX_JUMP, Source, time_zero, why
 SYNC_TOLERANCE = 0.010      # s: audio timestamps closer than this to "contiguous" are treated as contiguous
 
 
+def place(buf: np.ndarray, base: int, written: int | None, rate: int, t: float | None,
+          samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """Write `samples` (starting at stream time t; None: right after the last) into `buf` (buf[0] is sample
+    `base`; `written` is the index just after the last sample placed, None before any); return (the buffer,
+    grown if needed, and the new `written`). The one rule for files, timelines and live streams: timestamps within
+    SYNC_TOLERANCE of contiguous, or jumping more than MAX_JUMP, stay contiguous."""
+    i = written if t is None and written is not None else int(round((t or 0.0) * rate))
+    if written is not None and (abs(i - written) <= SYNC_TOLERANCE * rate or i - written > MAX_JUMP * rate):
+        i = written  # timestamp jitter or a damaged timestamp: stay contiguous
+    elif written is None and i - base > MAX_JUMP * rate:
+        i = base
+    if i < base:
+        samples, i = samples[base - i:], base
+    stop = i + len(samples)
+    if stop - base > len(buf):
+        grown = np.zeros(max(stop - base, 2 * len(buf)), np.float32)
+        grown[:len(buf)] = buf
+        buf = grown
+    buf[i - base:stop - base] = samples
+    return buf, stop if written is None else max(written, stop)
+
+
 class AudioTrack:
     """Mono float32 samples at `rate`, placed by timestamp, kept only from the earliest needed time."""
 
@@ -32,21 +54,7 @@ class AudioTrack:
             self._place(*item)
 
     def _place(self, t: float | None, samples: np.ndarray) -> None:
-        i = self.written if t is None and self.written is not None else int(round((t or 0.0) * self.rate))
-        if self.written is not None and (abs(i - self.written) <= SYNC_TOLERANCE * self.rate
-                                         or i - self.written > MAX_JUMP * self.rate):
-            i = self.written  # timestamp jitter or a damaged timestamp: stay contiguous
-        elif self.written is None and i - self.base > MAX_JUMP * self.rate:
-            i = self.base
-        if i < self.base:
-            samples, i = samples[self.base - i:], self.base
-        stop = i + len(samples)
-        if stop - self.base > len(self.buf):
-            grown = np.zeros(max(stop - self.base, 2 * len(self.buf)), np.float32)
-            grown[:len(self.buf)] = self.buf
-            self.buf = grown
-        self.buf[i - self.base:stop - self.base] = samples
-        self.written = stop if self.written is None else max(self.written, stop)
+        self.buf, self.written = place(self.buf, self.base, self.written, self.rate, t, samples)
 
     def window(self, start: float, seconds: float) -> np.ndarray | None:
         a = int(round(start * self.rate))

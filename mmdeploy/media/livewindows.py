@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from mmdeploy.media.audio import SYNC_TOLERANCE
+from mmdeploy.media.audio import place
 from mmdeploy.media.clip import Clip
 from mmdeploy.media.decode import frame_targets
-from mmdeploy.media.source import MAX_JUMP
 from mmdeploy.media.video import HOLD_LAST, stack
 from mmdeploy.spec import ClipSpec
 
@@ -56,22 +55,7 @@ class LiveWindows:
     # ---- input ---------------------------------------------------------------------------------------
     def audio(self, t: float | None, samples: np.ndarray) -> None:
         """Mono float32 samples at the spec rate starting at stream time t (None: right after the last)."""
-        rate = self.rate
-        i = self.written if t is None and self.written is not None else int(round((t or 0.0) * rate))
-        if self.written is not None and (abs(i - self.written) <= SYNC_TOLERANCE * rate
-                                         or i - self.written > MAX_JUMP * rate):
-            i = self.written  # timestamp jitter or a damaged timestamp: stay contiguous
-        elif self.written is None and i - self.base > MAX_JUMP * rate:
-            i = self.base
-        if i < self.base:
-            samples, i = samples[self.base - i:], self.base
-        stop = i + len(samples)
-        if stop - self.base > len(self.buf):
-            grown = np.zeros(max(stop - self.base, 2 * len(self.buf)), np.float32)
-            grown[:len(self.buf)] = self.buf
-            self.buf = grown
-        self.buf[i - self.base:stop - self.base] = samples
-        self.written = stop if self.written is None else max(self.written, stop)
+        self.buf, self.written = place(self.buf, self.base, self.written, self.rate, t, samples)
 
     def frame(self, t: float, frame: Any) -> None:
         """A decoded video frame on screen from stream time t (times rising; see FrameTrack's rules)."""
