@@ -44,7 +44,9 @@ class Settings(BaseSettings):
 
     model: str | None = Field(None, description="bundle folder to serve; when set, it is used instead of the store")
     model_tag: str = Field("av-classifier:latest", description="BentoML model store tag")
-    backend: str = Field("auto", description="`auto`, `onnxruntime`, `torch`, `tensorrt` (as in `mmdeploy classify`)")
+    backend: str = Field("auto", description=(
+        "what `mmdeploy classify --backend` takes: `auto`, a family (`onnxruntime`, `openvino`, `torch`), `tensorrt` "
+        "or one backend (`openvino-int8`, `onnxruntime-cpu`, ...)"))
     max_upload_mb: float = Field(100.0, gt=0, description="larger uploads get 413")
     decode_timeout_s: float = Field(DECODE_TIMEOUT_S, gt=0, description=(
         "time limit for decoding a file (`/classify`) or one window (`/timeline`); past it the decode process is "

@@ -13,7 +13,7 @@ from tests.test_export import _main
 
 CLASSES = ["alpha", "beta", "gamma", "delta"]
 
-GPU_BACKENDS = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "torch-cuda")
+GPU_BACKENDS = tuple(sorted(runtime.GPU_ONLY))
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +375,24 @@ def test_tensorrt_path_verifies_the_bundle_and_its_onnx_before_loading_an_engine
     with pytest.raises(BundleError, match=r"model\.onnx: metadata mmdeploy\.classes differs from model\.json"):
         runtime.load_predictor(copy, "tensorrt")
     assert len(loaded) == 1
+
+
+def test_every_backend_is_either_cpu_only_or_gpu_only_and_the_ray_engine_schedules_by_it(monkeypatch):
+    """Schedulers read the registry's two sets: a CPU engine (openvino-*, onnxruntime-int8) never asks
+    Ray for a GPU, a GPU backend always does, and only auto / a family asks the cluster."""
+    import sys
+    import types
+
+    from mmdeploy.batch.ray_engine import uses_gpu
+
+    assert set(runtime.REGISTRY) == runtime.CPU_ONLY - {"openvino"} | runtime.GPU_ONLY
+    assert not runtime.CPU_ONLY & runtime.GPU_ONLY
+    asked = []
+    fake = types.SimpleNamespace(cluster_resources=lambda: asked.append(1) or {"GPU": 1.0})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    for name in runtime.CPU_ONLY | {"ov"}:
+        assert uses_gpu(name) is False, name
+    for name in runtime.GPU_ONLY | {"trt"}:
+        assert uses_gpu(name) is True, name
+    assert not asked
+    assert uses_gpu("auto") and uses_gpu("onnxruntime") and len(asked) == 2

@@ -38,20 +38,23 @@ from mmdeploy.settings import DECODE_TIMEOUT_S, cpu_count
 
 DECODE_BATCH = 16  # files per decode task (and per input block): the unit a worker death costs
 INFER_BATCH = 32  # windows per inference call
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch-cuda", "torch-cuda-fp16")
 LOST = ("its Ray worker died twice while decoding it (a decoder crash, or out of memory), and again when "
         "run alone; the file is damaged or hostile")
 
 
 def uses_gpu(backend: str) -> bool:
-    """Whether actors get a GPU: a GPU backend always; auto and the onnxruntime/torch families when the
-    cluster has GPUs (each actor then picks the CUDA member); the -cpu backends never."""
+    """Whether actors get a GPU: a GPU backend (runtime.GPU_ONLY) always; the CPU backends and CPU engines
+    (runtime.CPU_ONLY: openvino-*, onnxruntime-int8, the -cpu ones) never; auto and the onnxruntime/torch
+    families when the cluster has GPUs (each actor then picks the CUDA member)."""
+    from mmdeploy import runtime
+
+    name = runtime.ALIASES.get(backend, backend)
+    if name in runtime.GPU_ONLY:
+        return True
+    if name in runtime.CPU_ONLY or name.endswith("-cpu"):
+        return False
     import ray
 
-    if backend in GPU_BACKENDS:
-        return True
-    if backend.endswith("-cpu"):
-        return False
     return ray.cluster_resources().get("GPU", 0) > 0
 
 

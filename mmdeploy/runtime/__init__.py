@@ -25,7 +25,7 @@ from typing import Any, Callable
 from mmdeploy.errors import BackendUnavailable
 from mmdeploy.runtime.base import Predictor
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS", "CHOICES", "CPU_ONLY", "REGISTRY", "Backend", "Predictor", "backend_reasons",
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHECKS", "CHOICES", "CPU_ONLY", "GPU_ONLY", "REGISTRY", "Backend", "Predictor", "backend_reasons",
            "doctor", "explain", "load_predictor", "select_backend"]
 
 ONNX_FILE = "model.onnx"
@@ -338,6 +338,8 @@ AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16", "onnxruntime-cp
 # Backends that never use a GPU (for schedulers such as the Ray engine): the -cpu ones and the CPU engines.
 CPU_ONLY = frozenset({"onnxruntime-cpu", "torch-cpu", "openvino", "openvino-int8", "openvino-bf16", "openvino-cpu",
                       "onnxruntime-int8"})
+# Backends that always run on a GPU (a scheduler must give them one).
+GPU_ONLY = frozenset({"tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch-cuda", "torch-cuda-fp16"})
 BACKENDS = tuple(REGISTRY)
 CHECKS = {name: backend.check for name, backend in REGISTRY.items()}  # tests fake availability here
 
