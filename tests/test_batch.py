@@ -56,7 +56,8 @@ def test_parquet_schema_is_the_result_shape_field_for_field():
               ("modalities", pa.list_(pa.string())), ("per_modality", pa.struct([("audio", opinion), ("video", opinion)])),
               ("backend", pa.string()),
               ("timings_ms", pa.struct([("decode", pa.float64()), ("features", pa.float64()), ("infer", pa.float64())])),
-              ("error", pa.string())]
+              ("error", pa.string()),
+              ("decoding", pa.struct([("segments", pa.int64()), ("workers", pa.int64()), ("sequential", pa.string())]))]
     carried = [pa.field("speaker", pa.string())]
     assert schema(carried).equals(pa.schema([pa.field(n, t) for n, t in fields] + carried))
 

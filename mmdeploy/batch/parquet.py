@@ -24,20 +24,22 @@ def schema(carried=None):
     carried manifest columns. See the README."""
     import pyarrow as pa
 
-    from mmdeploy.results import arrow_fields
+    from mmdeploy.results import Decoding, arrow_fields, arrow_type
 
     key = [pa.field("path", pa.string()),       # absolute path (classify's `file`)
            pa.field("file_id", pa.string()),    # 16 hex: hash of path, size, mtime_ns (all windows of a file)
            pa.field("size", pa.int64()),
            pa.field("mtime_ns", pa.int64()),
            pa.field("model_id", pa.string())]   # the bundle's weights sha256 (16 hex)
-    return pa.schema(key + arrow_fields() + [pa.field("error", pa.string())] + list(carried or []))
+    tail = [pa.field("error", pa.string()),
+            pa.field("decoding", arrow_type(Decoding))]  # how a timeline file was decoded (Ray engine; else null)
+    return pa.schema(key + arrow_fields() + tail + list(carried or []))
 
 
 def _result_fields() -> tuple[str, ...]:
     from mmdeploy.results import ClassifyResult
 
-    return (*KEY_FIELDS, *(n for n in ClassifyResult.model_fields if n != "file"), "error")
+    return (*KEY_FIELDS, *(n for n in ClassifyResult.model_fields if n != "file"), "error", "decoding")
 
 
 RESULT_FIELDS = _result_fields()  # = schema().names without the carried columns
