@@ -4,7 +4,8 @@
       -> map_batches(decode_batch)   CPU tasks, at most `decoders` at once, num_cpus=1 each: jobs.file_job
                                      (or jobs.window_jobs for timelines) with the bundle's ClipSpec, each
                                      file in a decode process of the task's (mmdeploy.isolate, as the CLI),
-                                     with the run's decode time limit per file (per window for timelines)
+                                     with the run's decode time limit per file (per window for timelines);
+                                     a long timeline file is several sources, one per segment (see below)
       -> map_batches(Classifier)     actor pool, one Predictor per actor (load_predictor(run, backend)),
                                      num_gpus=1 per actor for a GPU backend; pipeline.classify_items
       -> the driver                  rows (JSON, small) stream back; parquet.PartWriter writes the parts
@@ -20,17 +21,28 @@ memory, its node lost) is retried once by Ray; if it fails again its block is dr
 unlimited) and the run goes on. The files that did not come back are then run one per task (no further
 retry), so only a file that kills its worker is lost; it gets an error row. An inference actor that dies
 is restarted once and its batch retried. Rows of a file seen twice (a retried task) are dropped.
+
+Long timelines: before decoding, each timeline file is planned (plan_batch: jobs.plan_job in a decode process,
+the keyframe plan of the CLI's segment-parallel timeline, media/keyframes.py) in Ray tasks, and a file the plan
+splits becomes one source per segment (expand), each in a decode task of its own (its own block), at most one
+segment per decode task that can run at once (coarsen). A segment task decodes the video of its windows [k0, k1)
+from the keyframe before them and their audio from the file's start (audio_span_job), merged into exactly the
+items of the sequential decode; the driver puts the segments back in order (rows.Assembler) and writes the file's
+rows as the unsplit path would, `decoding` saying how (as the CLI's timeline result). A file the plan does not
+split (too short, a container whose seeks are not frame-exact, ...) is one source, decoded in one task as before.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from mmdeploy.batch.inputs import Job, Source
-from mmdeploy.batch.rows import Assembler, error_row, result_row
+from mmdeploy.batch.rows import NO_WINDOW, Assembler, error_row, result_row
 from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError
 from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.raycluster import OBJECT_STORE_MB, configure_data, connect
@@ -85,24 +97,32 @@ def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | N
     spec = _spec(spec_json)
     job = job or functools.partial(file_job, options=options)
     rows: list[dict[str, Any]] = []
+    if timeline:
+        window = window or spec.window_seconds
+        hop = hop or window
     for text in batch["source"]:
         src = json.loads(str(text))
+        tags = {k: src.pop(k) for k in ("segment", "decoding") if k in src}  # a timeline's (see expand)
         if timeline:
             n = 0
+            seg = tags.get("segment")
             try:
-                with isolate.iter_isolated(src["path"], spec, window, hop, timeout, options) as windows:
+                windows = segment_windows(src["path"], spec, window, hop, timeout, options, seg) if seg else \
+                    isolate.iter_isolated(src["path"], spec, window, hop, timeout, options)
+                with contextlib.closing(windows):
                     for item in windows:
                         n += 1
-                        rows.append({"src": src, "audio": item["audio"], "video": item["video"], "error": None,
-                                     "window": item["window"], "timings_ms": item["timings_ms"], "_rows": 0})
+                        rows.append({"src": src, **tags, "audio": item["audio"], "video": item["video"],
+                                     "error": None, "window": item["window"], "timings_ms": item["timings_ms"],
+                                     "_rows": 0})
                         if len(rows) >= out_rows:
                             yield _pack(rows, spec)
                             rows = []
-                if n == 0:
-                    raise MediaError(src["path"], "no window could be decoded")
-                _mark_end(rows, src, n)
+                if n == 0 and seg is None:  # a segment may hold no window; the file as a whole: rows.Assembler
+                    raise MediaError(src["path"], NO_WINDOW)
+                _mark_end(rows, src, n, tags)
             except Exception as exc:  # noqa: BLE001 - this file only (as mmdeploy.isolate reports it)
-                rows.append(_error(src, exc, n + 1))
+                rows.append({**_error(src, exc, n + 1), **tags})
         else:
             try:
                 got = isolate.call(src["path"], job, (src["path"], spec), timeout)
@@ -120,12 +140,13 @@ def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | N
         yield _pack(rows, spec)
 
 
-def _mark_end(rows: list[dict[str, Any]], src: dict, n: int) -> None:
-    """Put the file's row count on its last row if that is still in the buffer, else add a count-only row."""
-    if rows and rows[-1].get("src") is src and rows[-1].get("_rows") == 0:
+def _mark_end(rows: list[dict[str, Any]], src: dict, n: int, tags: dict | None = None) -> None:
+    """Put the file's (segment's) row count on its last row if that is still in the buffer, else add a
+    count-only row (a segment's count may be 0)."""
+    if n and rows and rows[-1].get("src") is src and rows[-1].get("_rows") == 0:
         rows[-1]["_rows"] = n
     else:
-        rows.append({"src": src, "end_only": True, "_rows": n})
+        rows.append({"src": src, **(tags or {}), "end_only": True, "_rows": n})
 
 
 def _reason(exc: Exception) -> str:
@@ -159,6 +180,166 @@ def _pack(rows: list[dict[str, Any]], spec) -> dict[str, np.ndarray]:
             "has_audio": has_a, "has_video": has_v}
 
 
+# ---- a long timeline in segments (planned in the driver's plan tasks, decoded in decode tasks) -------------
+def plan_batch(texts: list[str], spec_json: str, window: float | None, hop: float | None,
+               timeout: float | None) -> list[dict[str, Any]]:
+    """Plan task: each timeline source's SegmentPlan, made by jobs.plan_job in a decode process (as the CLI's
+    pipeline.plan_windows), as {"segments": [[k0, k1], ...], "reason", "has_audio"}. A file that cannot be planned
+    (bad, a crash, past the limit) is sequential with that reason: its decode then gives its error row as before."""
+    from mmdeploy import isolate
+    from mmdeploy.jobs import plan_job
+
+    spec = _spec(spec_json)
+    out = []
+    for text in texts:
+        path = json.loads(text)["path"]
+        try:  # workers=2: segments of SEGMENT_SECONDS (at least two); expand merges them to the tasks at once
+            plan = isolate.call(path, plan_job, (path, spec, window, hop, 2), timeout)
+            out.append({"segments": [list(s) for s in plan.segments] if plan.split else [],
+                        "reason": plan.reason, "has_audio": plan.has_audio})
+        except Exception as exc:  # noqa: BLE001 - this file is decoded in one pass, which reports it
+            out.append({"segments": [], "reason": _reason(exc), "has_audio": True})
+    return out
+
+
+def coarsen(spans: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:
+    """Adjacent [k0, k1) spans merged into at most `most` (each cut the span start nearest an even share of the
+    windows). A merged span is still exact: it starts where one of the plan's did, after a keyframe."""
+    spans = [tuple(s) for s in spans]
+    if len(spans) <= max(most, 1):
+        return spans
+    first, last = spans[0][0], spans[-1][1]
+    starts = [k0 for k0, _ in spans[1:]]
+    cuts = sorted({min(starts, key=lambda k: abs(k - (first + i * (last - first) / most))) for i in range(1, most)})
+    bounds = [first, *cuts, last]
+    return list(zip(bounds, bounds[1:]))
+
+
+def expand(src: Source, plan: dict[str, Any], most: int) -> list[dict[str, Any]]:
+    """A timeline source and its plan (plan_batch) -> its decode inputs: the source alone (one task, one pass), or
+    one per segment, at most `most` (the decode tasks that can run at once), each with {index, of, span, audio}.
+    Every input carries `decoding`, the CLI timeline's record (SegmentPlan.summary): segments, workers, or why
+    one pass."""
+    spans = coarsen(plan["segments"], most)
+    if len(spans) < 2:
+        return [{**src.__dict__, "decoding": {"segments": 1, "workers": 1,
+                                              "sequential": plan["reason"] or "one decode task"}}]
+    decoding = {"segments": len(spans), "workers": len(spans), "sequential": None}
+    return [{**src.__dict__, "decoding": decoding,
+             "segment": {"index": i, "of": len(spans), "span": list(span), "audio": plan["has_audio"]}}
+            for i, span in enumerate(spans)]
+
+
+def plan_sources(todo: list[Source], job: Job, spec_json: str, decoders: int) -> list[dict[str, Any]]:
+    """Timeline sources -> decode inputs (expand), planned in Ray tasks of DECODE_BATCH files (all of them before
+    the decode starts: a plan reads the container index and a few packets, milliseconds a file). With one
+    decode task at a time no file is split (nothing would run beside its segments)."""
+    import ray
+
+    if decoders < 2:
+        return [{**s.__dict__, "decoding": {"segments": 1, "workers": 1, "sequential": "one decode worker"}}
+                for s in todo]
+    task = ray.remote(plan_batch).options(num_cpus=1, max_retries=1)
+    chunks = [todo[i:i + DECODE_BATCH] for i in range(0, len(todo), DECODE_BATCH)]
+    refs = [task.remote([json.dumps(s.__dict__) for s in chunk], spec_json, job.window, job.hop, job.timeout)
+            for chunk in chunks]
+    out: list[dict[str, Any]] = []
+    for chunk, ref in zip(chunks, refs):
+        try:
+            plans = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - its worker died twice: these files are decoded in one pass
+            plans = [{"segments": [], "reason": f"not planned ({type(exc).__name__})", "has_audio": True}] * len(chunk)
+        for s, plan in zip(chunk, plans):
+            out.extend(expand(s, plan, decoders))
+    return out
+
+
+def audio_span_job(path: str, spec, window: float, hop: float, options: DecodeOptions,
+                   span: tuple[int, int]) -> Iterator[dict[str, Any] | None]:
+    """Decode-process job: the audio of windows k0 <= k < k1 as jobs.window_jobs items, decoded from the file's
+    start (media.iter_windows never seeks audio: decoders and the resampler carry state from the start). That is
+    the cost of exactness: segment i decodes the audio of every window before its k1, so a file in n segments
+    decodes its audio about (n + 1) / 2 times (its video, most of the work, once). Windows before k0 give None
+    (no features), so each window still answers within the per-window time limit."""
+    from mmdeploy import media
+    from mmdeploy.jobs import item
+
+    k0, k1 = span
+    clips = media.iter_windows(path, spec, window=window, hop=hop, options=options, tracks=("audio",))
+    t0 = time.perf_counter()
+    for clip in clips:
+        k = round(clip.start / hop)
+        if k >= k1:
+            return
+        yield item(path, clip, spec, (time.perf_counter() - t0) * 1e3) if k >= k0 else None
+        t0 = time.perf_counter()
+
+
+def merge_windows(audio: Iterator[dict[str, Any]], video: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Audio-only and video-only items of the same windows, each in window order -> the sequential decode's items
+    (segments.merged; a window with only one of them passes as it is), in order."""
+    from mmdeploy.segments import merged
+
+    pending = next(audio, None)
+    for item in video:
+        start = item["window"]["start"]
+        while pending is not None and pending["window"]["start"] < start:
+            yield pending
+            pending = next(audio, None)
+        if pending is not None and pending["window"]["start"] == start:
+            item, pending = merged(pending, item), next(audio, None)
+        yield item
+    while pending is not None:
+        yield pending
+        pending = next(audio, None)
+
+
+def read_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """`items` read to the end in a thread (its worker never waits on us), then given in order (an error last,
+    raised). Memory: one segment's audio items (small beside its video)."""
+    import queue
+    import threading
+
+    got: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            for x in items:
+                got.put((True, x))
+            got.put((True, StopIteration))
+        except BaseException as exc:  # noqa: BLE001 - raised in order, by the consumer
+            got.put((False, exc))
+
+    threading.Thread(target=run, daemon=True, name="mmdeploy-audio").start()
+    while True:
+        ok, x = got.get()
+        if not ok:
+            raise x
+        if x is StopIteration:
+            return
+        yield x
+
+
+def segment_windows(path: str, spec, window: float, hop: float, timeout: float | None, options: DecodeOptions,
+                    segment: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One segment's window items, bit-identical to the sequential decode's: its video (jobs.window_jobs with
+    `span`, from the keyframe before it) and its audio (audio_span_job, read ahead: its pass from the file's start
+    runs beside the video's) in two decode processes at once, each window within `timeout`; closing stops both."""
+    from mmdeploy import isolate
+    from mmdeploy.jobs import window_jobs
+
+    span = tuple(segment["span"])
+    video = isolate.IsolatedWindows(path, window_jobs, (path, spec, window, hop, options, span, ("video",)), timeout)
+    audio = isolate.IsolatedWindows(path, audio_span_job, (path, spec, window, hop, options, span), timeout) \
+        if segment.get("audio", True) else None
+    try:
+        yield from merge_windows(read_ahead(a for a in audio if a is not None) if audio else iter(()), video)
+    finally:
+        video.close()
+        if audio is not None:
+            audio.close()
+
+
 class Classifier:
     """Inference actor: one Predictor, feature rows -> RESULTS rows as JSON (with `_rows`)."""
 
@@ -189,23 +370,41 @@ class Classifier:
             else:
                 row = error_row(src, m["error"], self.model)
             row["_rows"] = m["_rows"]
+            if m.get("segment"):
+                row["_segment"] = m["segment"]
+            if m.get("decoding") and not m.get("end_only"):
+                row["decoding"] = m["decoding"]
             out.append(json.dumps(row))
         return {"row": np.array(out, dtype=object)}
 
 
 # ---- the driver ------------------------------------------------------------------------------------------
-def _dataset(sources: list[Source], job: Job, model: str, spec_json: str, per_block: int, decoders: int,
+def blocks(inputs: list[dict[str, Any]], per_block: int) -> list[list[dict[str, Any]]]:
+    """Decode inputs -> the decode tasks' inputs: `per_block` files together; a segment alone (its own task)."""
+    out, files = [], []
+    for x in inputs:
+        if "segment" in x:
+            out.append([x])
+        else:
+            files.append(x)
+            if len(files) == per_block:
+                out.append(files)
+                files = []
+    return out + ([files] if files else [])
+
+
+def _dataset(inputs: list[dict[str, Any]], job: Job, model: str, spec_json: str, per_block: int, decoders: int,
              actors: int, gpus: float, actor_cpus: float, decode_job: Callable | None, retries: int = 1,
              classifier: type = Classifier):
     import pyarrow as pa
     import ray.data
 
-    texts = [json.dumps(s.__dict__) for s in sources]
-    blocks = [pa.table({"source": texts[i:i + per_block]}) for i in range(0, len(texts), per_block)]
+    tables = [pa.table({"source": [json.dumps(x) for x in block]}) for block in blocks(inputs, per_block)]
     with warnings.catch_warnings():  # max_retries/max_restarts are plain Ray remote args (deprecated spelling)
         warnings.simplefilter("ignore")
-        ds = ray.data.from_arrow(blocks)
-        ds = ds.map_batches(decode_batch, batch_size=per_block, batch_format="numpy", zero_copy_batch=True,
+        ds = ray.data.from_arrow(tables)
+        ds = ds.map_batches(decode_batch, batch_size=None, batch_format="numpy",  # one task per block
+                            zero_copy_batch=True,
                             fn_kwargs={"spec_json": spec_json, "window": job.window, "hop": job.hop,
                                        "timeline": job.timeline, "job": decode_job,
                                        "options": job.options, "timeout": job.timeout},
@@ -249,29 +448,32 @@ def run_ray(todo: list[Source], job: Job, model: str, files_done: Callable[[list
     free = int(resources.get("CPU", 1) - actors * actor_cpus)
     decoders = decoders or max(1, free)
     completed: set[str] = set()
+    by_id = {s.file_id: s for s in todo}
+    inputs = plan_sources(todo, job, spec_json, decoders) if job.timeline else [s.__dict__ for s in todo]
 
-    def stream(sources: list[Source], per_block: int, retries: int) -> None:
+    def stream(inputs: list[dict[str, Any]], per_block: int, retries: int) -> None:
         assembler = Assembler()
-        ds = _dataset(sources, job, model, spec_json, per_block, decoders, actors, gpus, actor_cpus, decode_job,
+        ds = _dataset(inputs, job, model, spec_json, per_block, decoders, actors, gpus, actor_cpus, decode_job,
                       retries, classifier)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["row"]:
                 row = json.loads(str(text))
-                if row["file_id"] in completed:
+                fid = row["file_id"]
+                if fid in completed:
                     continue  # a retried task sent this file again
                 rows = assembler.add(row)
-                if rows is not None:
-                    completed.add(rows[0]["file_id"])
-                    files_done(rows)
+                if rows is not None:  # [] only for a split file none of whose segments held a window
+                    completed.add(fid)
+                    files_done(rows or [error_row(by_id[fid], NO_WINDOW, model)])
 
-    stream(todo, decode_batch_files, retries=1)
-    lost = [s for s in todo if s.file_id not in completed]
-    if lost and len(lost) < len(todo):
+    stream(inputs, decode_batch_files, retries=1)
+    lost = [x for x in inputs if x["file_id"] not in completed]  # a lost split file: all of its segments again
+    if lost and len({x["file_id"] for x in lost}) < len(todo):
         stream(lost, 1, retries=0)  # one file per task, no retry: only the file that kills its worker is lost
-        lost = [s for s in lost if s.file_id not in completed]
+        lost = [x for x in lost if x["file_id"] not in completed]
     elif lost:
-        raise MmdeployError(f"every Ray decode task failed ({len(lost)} files); is mmdeploy installed on every "
+        raise MmdeployError(f"every Ray decode task failed ({len(todo)} files); is mmdeploy installed on every "
                             "node, and can the workers read the input paths? See the Ray logs")
-    for s in lost:
-        files_done([error_row(s, LOST, model)])
+    for fid in dict.fromkeys(x["file_id"] for x in lost):
+        files_done([error_row(by_id[fid], LOST, model)])
     return start

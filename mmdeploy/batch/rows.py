@@ -6,6 +6,8 @@ from typing import Any
 from mmdeploy.batch.inputs import Source
 from mmdeploy.batch.parquet import RESULT_FIELDS
 
+NO_WINDOW = "no window could be decoded"
+
 
 def result_row(result: dict[str, Any], src: Source, model: str) -> dict[str, Any]:
     """A classify result dict (or {"file", "error"}) for `src` -> one RESULTS row (missing fields null)."""
@@ -36,24 +38,55 @@ def to_result(row: dict[str, Any]) -> dict[str, Any]:
 class Assembler:
     """Rows arrive window by window, possibly out of order and (after a retried task) twice; a file is
     complete once as many distinct rows as its count (`_rows`, carried on one of them, or on a row with
-    `_end_only`) have arrived. Only complete files go to the writer."""
+    `_end_only`) have arrived. Only complete files go to the writer.
+
+    A file split into segments (ray_engine.expand: rows with `_segment` {index, of}) counts each segment so,
+    and is complete with its last segment: then its segments' rows, in order, as the sequential decode gives
+    them (join_segments)."""
 
     def __init__(self):
-        self.pending: dict[str, dict[Any, dict[str, Any]]] = {}
-        self.expected: dict[str, int] = {}
+        self.pending: dict[Any, dict[Any, dict[str, Any]]] = {}
+        self.expected: dict[Any, int] = {}
+        self.segments: dict[str, dict[int, list[dict[str, Any]]]] = {}  # file_id -> its complete segments
 
     def add(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Add one row; the file's rows (windows by start, an error row last) once complete, else None."""
         fid = row["file_id"]
         n = row.pop("_rows", 0)
-        rows = self.pending.setdefault(fid, {})
-        if n:
-            self.expected[fid] = n
-        if not row.pop("_end_only", False):
-            key = "error" if row.get("error") is not None else (row.get("window") or {}).get("start")
-            rows[key] = row
-        if self.expected.get(fid) != len(rows):
+        end_only = row.pop("_end_only", False)
+        seg = row.pop("_segment", None)
+        key = fid if seg is None else (fid, seg["index"])
+        if seg is not None and seg["index"] in self.segments.get(fid, {}):
+            return None  # a retried segment task sent it again
+        rows = self.pending.setdefault(key, {})
+        if n or end_only:  # (an end-only row's count may be 0: a segment without windows)
+            self.expected[key] = n
+        if not end_only:
+            wkey = "error" if row.get("error") is not None else (row.get("window") or {}).get("start")
+            rows[wkey] = row
+        if self.expected.get(key) != len(rows):
             return None
-        del self.pending[fid], self.expected[fid]
-        return sorted(rows.values(), key=lambda r: (r.get("error") is not None,
+        del self.pending[key], self.expected[key]
+        done = sorted(rows.values(), key=lambda r: (r.get("error") is not None,
                                                     (r.get("window") or {}).get("start") or 0.0))
+        if seg is None:
+            return done
+        parts = self.segments.setdefault(fid, {})
+        parts[seg["index"]] = done
+        if len(parts) < seg["of"]:
+            return None
+        del self.segments[fid]
+        return join_segments([parts[i] for i in range(seg["of"])])
+
+
+def join_segments(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A split file's segments' rows (each: its windows by start, then its error row if it failed), in segment
+    order -> the file's rows as the sequential decode gives them: the windows up to the first failing segment's
+    error row, which ends the file (the sequential decode stops there, so later segments' windows are dropped).
+    [] when no segment held a window (the caller writes the file's error row)."""
+    out: list[dict[str, Any]] = []
+    for rows in parts:
+        out.extend(rows)
+        if rows and rows[-1].get("error") is not None:
+            break
+    return out
