@@ -140,7 +140,9 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
     session = LiveSession(live, predictor, window, hop, top_k=top_k, open_s=open_timeout, read_s=read_timeout,
                           reconnects=0 if feed else reconnects, options=decode_options(settings),
                           max_wait_s=max_wait, duration_s=duration)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too, explicitly: a job a non-interactive shell starts with `&` inherits SIGINT ignored, and
+    # `kill -INT` must still end it with its summary (as ffmpeg does)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     failed = False
     try:
         for line in session.run():
@@ -153,7 +155,8 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
         session.ended = "interrupted"
     finally:
         session.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if feed is not None:
             feed.close(drain_s=0)
     emit(session.summary())
