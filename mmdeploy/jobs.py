@@ -85,3 +85,23 @@ def window_jobs(path: str, spec: ClipSpec, window: float | None = None, hop: flo
         if clip is None:
             return
         yield item(path, clip, spec, (time.perf_counter() - t0) * 1e3)
+
+
+def audio_span_job(path: str, spec, window: float, hop: float, options: DecodeOptions,
+                   span: tuple[int, int]) -> Iterator[dict[str, Any] | None]:
+    """Decode-process job: the audio of windows k0 <= k < k1 as jobs.window_jobs items, decoded from the file's
+    start (media.iter_windows never seeks audio: decoders and the resampler carry state from the start). That is
+    the cost of exactness: segment i decodes the audio of every window before its k1, so a file in n segments
+    decodes its audio about (n + 1) / 2 times (its video, most of the work, once). Windows before k0 give None
+    (no features), so each window still answers within the per-window time limit."""
+    from mmdeploy import media
+
+    k0, k1 = span
+    clips = media.iter_windows(path, spec, window=window, hop=hop, options=options, tracks=("audio",))
+    t0 = time.perf_counter()
+    for clip in clips:
+        k = round(clip.start / hop)
+        if k >= k1:
+            return
+        yield item(path, clip, spec, (time.perf_counter() - t0) * 1e3) if k >= k0 else None
+        t0 = time.perf_counter()

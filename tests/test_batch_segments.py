@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mmdeploy.batch import Assembler, Job, Source, read_results, run_batch
-from mmdeploy.batch.ray_engine import Classifier, blocks, coarsen, expand, segment_windows
+from mmdeploy.batch.ray_engine import Classifier, blocks
+from mmdeploy.batch.ray_segments import coarsen, expand, segment_windows
 from mmdeploy.batch.rows import join_segments
 from tests.test_decode_exact import X264_B, write_video
 

@@ -22,11 +22,11 @@ unlimited) and the run goes on. The files that did not come back are then run on
 retry), so only a file that kills its worker is lost; it gets an error row. An inference actor that dies
 is restarted once and its batch retried. Rows of a file seen twice (a retried task) are dropped.
 
-Long timelines: before decoding, each timeline file is planned (plan_batch: jobs.plan_job in a decode process,
-the keyframe plan of the CLI's segment-parallel timeline, media/keyframes.py) in Ray tasks, and a file the plan
-splits becomes one source per segment (expand), each in a decode task of its own (its own block), at most one
-segment per decode task that can run at once (coarsen). A segment task decodes the video of its windows [k0, k1)
-from the keyframe before them and their audio from the file's start (audio_span_job), merged into exactly the
+Long timelines (batch/ray_segments.py): before decoding, each timeline file is planned (plan_batch: jobs.plan_job
+in a decode process, the keyframe plan of the CLI's segment-parallel timeline, media/keyframes.py) in Ray tasks,
+and a file the plan splits becomes one source per segment (expand), each in a decode task of its own (its own
+block), at most one segment per decode task that can run at once (coarsen). A segment task decodes the video of
+its windows [k0, k1) from the keyframe before them and their audio from the file's start (jobs.audio_span_job), merged into exactly the
 items of the sequential decode; the driver puts the segments back in order (rows.Assembler) and writes the file's
 rows as the unsplit path would, `decoding` saying how (as the CLI's timeline result). A file the plan does not
 split (too short, a container whose seeks are not frame-exact, ...) is one source, decoded in one task as before.
@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from mmdeploy.batch.inputs import Job, Source
-from mmdeploy.batch.rows import NO_WINDOW, Assembler, error_row, result_row
+from mmdeploy.batch.ray_segments import plan_sources, segment_windows
+from mmdeploy.batch.rows import NO_WINDOW, Assembler, error_row, reason_of, result_row
 from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError
 from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.raycluster import OBJECT_STORE_MB, configure_data, connect
@@ -127,7 +127,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | N
             try:
                 got = isolate.call(src["path"], job, (src["path"], spec), timeout)
             except Exception as exc:  # noqa: BLE001 - a crash or a timeout: this file only
-                got = {"error": _reason(exc)}
+                got = {"error": reason_of(exc)}
             if "error" in got:
                 rows.append(_error(src, got["error"], 1))
             else:
@@ -149,17 +149,8 @@ def _mark_end(rows: list[dict[str, Any]], src: dict, n: int, tags: dict | None =
         rows.append({"src": src, **(tags or {}), "end_only": True, "_rows": n})
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, MediaError):
-        return exc.reason
-    if isinstance(exc, MmdeployError):
-        return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"cannot decode ({type(exc).__name__}: {text[0][:200] if text else ''})"
-
-
 def _error(src: dict, exc_or_reason, n: int) -> dict[str, Any]:
-    reason = exc_or_reason if isinstance(exc_or_reason, str) else _reason(exc_or_reason)
+    reason = exc_or_reason if isinstance(exc_or_reason, str) else reason_of(exc_or_reason)
     return {"src": src, "error": reason, "_rows": n}
 
 
@@ -178,166 +169,6 @@ def _pack(rows: list[dict[str, Any]], spec) -> dict[str, np.ndarray]:
     meta = [json.dumps({k: v for k, v in r.items() if k not in ("audio", "video")}) for r in rows]
     return {"meta": np.array(meta, dtype=object), "audio": audio, "video": video,
             "has_audio": has_a, "has_video": has_v}
-
-
-# ---- a long timeline in segments (planned in the driver's plan tasks, decoded in decode tasks) -------------
-def plan_batch(texts: list[str], spec_json: str, window: float | None, hop: float | None,
-               timeout: float | None) -> list[dict[str, Any]]:
-    """Plan task: each timeline source's SegmentPlan, made by jobs.plan_job in a decode process (as the CLI's
-    pipeline.plan_windows), as {"segments": [[k0, k1], ...], "reason", "has_audio"}. A file that cannot be planned
-    (bad, a crash, past the limit) is sequential with that reason: its decode then gives its error row as before."""
-    from mmdeploy import isolate
-    from mmdeploy.jobs import plan_job
-
-    spec = _spec(spec_json)
-    out = []
-    for text in texts:
-        path = json.loads(text)["path"]
-        try:  # workers=2: segments of SEGMENT_SECONDS (at least two); expand merges them to the tasks at once
-            plan = isolate.call(path, plan_job, (path, spec, window, hop, 2), timeout)
-            out.append({"segments": [list(s) for s in plan.segments] if plan.split else [],
-                        "reason": plan.reason, "has_audio": plan.has_audio})
-        except Exception as exc:  # noqa: BLE001 - this file is decoded in one pass, which reports it
-            out.append({"segments": [], "reason": _reason(exc), "has_audio": True})
-    return out
-
-
-def coarsen(spans: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:
-    """Adjacent [k0, k1) spans merged into at most `most` (each cut the span start nearest an even share of the
-    windows). A merged span is still exact: it starts where one of the plan's did, after a keyframe."""
-    spans = [tuple(s) for s in spans]
-    if len(spans) <= max(most, 1):
-        return spans
-    first, last = spans[0][0], spans[-1][1]
-    starts = [k0 for k0, _ in spans[1:]]
-    cuts = sorted({min(starts, key=lambda k: abs(k - (first + i * (last - first) / most))) for i in range(1, most)})
-    bounds = [first, *cuts, last]
-    return list(zip(bounds, bounds[1:]))
-
-
-def expand(src: Source, plan: dict[str, Any], most: int) -> list[dict[str, Any]]:
-    """A timeline source and its plan (plan_batch) -> its decode inputs: the source alone (one task, one pass), or
-    one per segment, at most `most` (the decode tasks that can run at once), each with {index, of, span, audio}.
-    Every input carries `decoding`, the CLI timeline's record (SegmentPlan.summary): segments, workers, or why
-    one pass."""
-    spans = coarsen(plan["segments"], most)
-    if len(spans) < 2:
-        return [{**src.__dict__, "decoding": {"segments": 1, "workers": 1,
-                                              "sequential": plan["reason"] or "one decode task"}}]
-    decoding = {"segments": len(spans), "workers": len(spans), "sequential": None}
-    return [{**src.__dict__, "decoding": decoding,
-             "segment": {"index": i, "of": len(spans), "span": list(span), "audio": plan["has_audio"]}}
-            for i, span in enumerate(spans)]
-
-
-def plan_sources(todo: list[Source], job: Job, spec_json: str, decoders: int) -> list[dict[str, Any]]:
-    """Timeline sources -> decode inputs (expand), planned in Ray tasks of DECODE_BATCH files (all of them before
-    the decode starts: a plan reads the container index and a few packets, milliseconds a file). With one
-    decode task at a time no file is split (nothing would run beside its segments)."""
-    import ray
-
-    if decoders < 2:
-        return [{**s.__dict__, "decoding": {"segments": 1, "workers": 1, "sequential": "one decode worker"}}
-                for s in todo]
-    task = ray.remote(plan_batch).options(num_cpus=1, max_retries=1)
-    chunks = [todo[i:i + DECODE_BATCH] for i in range(0, len(todo), DECODE_BATCH)]
-    refs = [task.remote([json.dumps(s.__dict__) for s in chunk], spec_json, job.window, job.hop, job.timeout)
-            for chunk in chunks]
-    out: list[dict[str, Any]] = []
-    for chunk, ref in zip(chunks, refs):
-        try:
-            plans = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - its worker died twice: these files are decoded in one pass
-            plans = [{"segments": [], "reason": f"not planned ({type(exc).__name__})", "has_audio": True}] * len(chunk)
-        for s, plan in zip(chunk, plans):
-            out.extend(expand(s, plan, decoders))
-    return out
-
-
-def audio_span_job(path: str, spec, window: float, hop: float, options: DecodeOptions,
-                   span: tuple[int, int]) -> Iterator[dict[str, Any] | None]:
-    """Decode-process job: the audio of windows k0 <= k < k1 as jobs.window_jobs items, decoded from the file's
-    start (media.iter_windows never seeks audio: decoders and the resampler carry state from the start). That is
-    the cost of exactness: segment i decodes the audio of every window before its k1, so a file in n segments
-    decodes its audio about (n + 1) / 2 times (its video, most of the work, once). Windows before k0 give None
-    (no features), so each window still answers within the per-window time limit."""
-    from mmdeploy import media
-    from mmdeploy.jobs import item
-
-    k0, k1 = span
-    clips = media.iter_windows(path, spec, window=window, hop=hop, options=options, tracks=("audio",))
-    t0 = time.perf_counter()
-    for clip in clips:
-        k = round(clip.start / hop)
-        if k >= k1:
-            return
-        yield item(path, clip, spec, (time.perf_counter() - t0) * 1e3) if k >= k0 else None
-        t0 = time.perf_counter()
-
-
-def merge_windows(audio: Iterator[dict[str, Any]], video: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Audio-only and video-only items of the same windows, each in window order -> the sequential decode's items
-    (segments.merged; a window with only one of them passes as it is), in order."""
-    from mmdeploy.segments import merged
-
-    pending = next(audio, None)
-    for item in video:
-        start = item["window"]["start"]
-        while pending is not None and pending["window"]["start"] < start:
-            yield pending
-            pending = next(audio, None)
-        if pending is not None and pending["window"]["start"] == start:
-            item, pending = merged(pending, item), next(audio, None)
-        yield item
-    while pending is not None:
-        yield pending
-        pending = next(audio, None)
-
-
-def read_ahead(items: Iterator[Any]) -> Iterator[Any]:
-    """`items` read to the end in a thread (its worker never waits on us), then given in order (an error last,
-    raised). Memory: one segment's audio items (small beside its video)."""
-    import queue
-    import threading
-
-    got: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        try:
-            for x in items:
-                got.put((True, x))
-            got.put((True, StopIteration))
-        except BaseException as exc:  # noqa: BLE001 - raised in order, by the consumer
-            got.put((False, exc))
-
-    threading.Thread(target=run, daemon=True, name="mmdeploy-audio").start()
-    while True:
-        ok, x = got.get()
-        if not ok:
-            raise x
-        if x is StopIteration:
-            return
-        yield x
-
-
-def segment_windows(path: str, spec, window: float, hop: float, timeout: float | None, options: DecodeOptions,
-                    segment: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """One segment's window items, bit-identical to the sequential decode's: its video (jobs.window_jobs with
-    `span`, from the keyframe before it) and its audio (audio_span_job, read ahead: its pass from the file's start
-    runs beside the video's) in two decode processes at once, each window within `timeout`; closing stops both."""
-    from mmdeploy import isolate
-    from mmdeploy.jobs import window_jobs
-
-    span = tuple(segment["span"])
-    video = isolate.IsolatedWindows(path, window_jobs, (path, spec, window, hop, options, span, ("video",)), timeout)
-    audio = isolate.IsolatedWindows(path, audio_span_job, (path, spec, window, hop, options, span), timeout) \
-        if segment.get("audio", True) else None
-    try:
-        yield from merge_windows(read_ahead(a for a in audio if a is not None) if audio else iter(()), video)
-    finally:
-        video.close()
-        if audio is not None:
-            audio.close()
 
 
 class Classifier:

@@ -5,8 +5,19 @@ from typing import Any
 
 from mmdeploy.batch.inputs import Source
 from mmdeploy.batch.parquet import RESULT_FIELDS
+from mmdeploy.errors import MediaError, MmdeployError
 
 NO_WINDOW = "no window could be decoded"
+
+
+def reason_of(exc: Exception) -> str:
+    """An exception from a decode worker or a Ray task -> the one-line reason of its error row."""
+    if isinstance(exc, MediaError):
+        return exc.reason
+    if isinstance(exc, MmdeployError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"cannot decode ({type(exc).__name__}: {text[0][:200] if text else ''})"
 
 
 def result_row(result: dict[str, Any], src: Source, model: str) -> dict[str, Any]:
@@ -40,7 +51,7 @@ class Assembler:
     complete once as many distinct rows as its count (`_rows`, carried on one of them, or on a row with
     `_end_only`) have arrived. Only complete files go to the writer.
 
-    A file split into segments (ray_engine.expand: rows with `_segment` {index, of}) counts each segment so,
+    A file split into segments (ray_segments.expand: rows with `_segment` {index, of}) counts each segment so,
     and is complete with its last segment: then its segments' rows, in order, as the sequential decode gives
     them (join_segments)."""
 
