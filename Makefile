@@ -20,7 +20,8 @@ $(UV):
 	@test -x $(UV) || { $(PYTHON) -m venv .uv && .uv/bin/pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"; }
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen $(EXTRAS)
+	$(UV) sync --frozen --compile-bytecode $(EXTRAS)
+	@$(PY) -m compileall -q -j 0 mmdeploy  # this checkout's bytecode too: the first `mmdeploy classify` starts warm
 	@touch $@
 
 install: $(VENV)/.installed

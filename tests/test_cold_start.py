@@ -48,10 +48,11 @@ NON_TORCH = sorted(n for n in REGISTRY if not n.startswith("torch"))
 
 
 @pytest.mark.parametrize("backend", NON_TORCH)
-def test_classify_never_imports_torch(tiny_exported, media_dir, tmp_path, backend):
+def test_classify_never_imports_torch(request, media_dir, tmp_path, backend):
     from mmdeploy.runtime import backend_reasons
 
-    run, _ = tiny_exported
+    engine = any(need.startswith("cpu-engine:") for need in REGISTRY[backend].needs)
+    run, _ = request.getfixturevalue("tiny_cpu_engines" if engine else "tiny_exported")  # CPU engines: exported
     reason = backend_reasons(run, (backend,))[backend]
     if reason is not None:
         pytest.skip(f"{backend} cannot run here: {reason}")
