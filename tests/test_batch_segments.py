@@ -5,6 +5,7 @@ file was decoded, and a file the plan does not split (a container whose seeks ar
 is one task with the reason. The pure parts (coarsen, expand, blocks, the Assembler) are tested without Ray."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -169,4 +170,19 @@ def test_ray_spreads_a_long_file_over_segment_tasks_and_equals_the_local_engine(
         {json.dumps({"segments": 2, "workers": 2, "sequential": None})}
     assert "container flv" in ray[str(flv)][0]["decoding"]["sequential"]
     assert ray[str(bad)][0]["decoding"]["segments"] == 1 and ray[str(bad)][0]["decoding"]["sequential"]
-    assert all(r["decoding"] is None for rows in local.values() for r in rows)
+    # the local engine, 3 files on 2 workers: one pass per file (each worker busy with a file of its own)
+    assert {r["decoding"]["sequential"] for rows in local.values() for r in rows} == {"one decode worker"}
+
+
+def test_local_engine_splits_one_long_file_over_its_workers(long_mp4, tiny_bundle, tmp_path):
+    """One file, two decode workers: the local engine cuts its timeline at keyframes like `classify` (rows say so)
+    and writes exactly the rows of one sequential pass (workers=1)."""
+    job = Job(model=tiny_bundle, backend="torch", window=2.0, hop=1.0)
+    run_batch([str(long_mp4)], tmp_path / "split", dataclasses.replace(job, workers=2), quiet=True)
+    run_batch([str(long_mp4)], tmp_path / "one", dataclasses.replace(job, workers=1), quiet=True)
+    split, one = (read_results(tmp_path / name).to_pylist() for name in ("split", "one"))
+    assert split[0]["decoding"]["segments"] >= 2 and split[0]["decoding"]["workers"] == 2
+    assert one[0]["decoding"] == {"segments": 1, "workers": 1, "sequential": "one decode worker"}
+    assert [r["window"] for r in split] == [r["window"] for r in one] and len(one) >= 20
+    for a, b in zip(split, one):
+        assert (a["label"], a["probs"], a["per_modality"]) == (b["label"], b["probs"], b["per_modality"])

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 from mmdeploy import pipeline
 from mmdeploy.batch.inputs import Job, Source
-from mmdeploy.batch.rows import error_row, result_row
+from mmdeploy.batch.rows import NO_WINDOW, error_row, result_row
 from mmdeploy.errors import MediaError, MmdeployError
 from mmdeploy.settings import cpu_count
 
@@ -33,26 +33,35 @@ def run_local(todo: list[Source], job: Job, model: str, files_done: Callable[[li
 def run_local_timelines(todo: list[Source], job: Job, model: str, predictor,
                         files_done: Callable[[list[dict]], None]) -> None:
     """One isolated window stream per worker thread, in pipeline.window_batches; inference under a lock.
-    A file that fails mid-way keeps the windows decoded before the failure, then its error row."""
+    With fewer files than decode workers, each file's timeline is cut at keyframes and decoded by its share of
+    the workers (pipeline.plan_windows, as `classify`'s timeline); every row says how (`decoding`). A file that
+    fails mid-way keeps the windows decoded before the failure, then its error row."""
     lock = threading.Lock()
+    cores = job.workers or cpu_count()
+    workers = max(1, min(cores, len(todo)))
+    per_file = max(1, cores // workers)  # decode workers a file's timeline may use (one long file: all of them)
 
     def one_file(src: Source) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        items = pipeline.decode_windows(src.path, predictor.spec, job.window, job.hop, job.timeout,
-                                        options=job.options)
+        decoding = None
         try:
+            plan = pipeline.plan_windows(src.path, predictor.spec, job.window, job.hop, per_file, job.timeout)
+            decoding = plan.summary()
+            items = pipeline.decode_windows(src.path, predictor.spec, job.window, job.hop, job.timeout,
+                                            options=job.options, plan=plan)
             with contextlib.closing(pipeline.window_batches(items)) as batches:
                 for batch in batches:
                     with lock:
                         results = pipeline.classify_items(batch, predictor, job.top_k)
                     rows.extend(result_row(r, src, model) for r in results)
             if not rows:
-                rows.append(error_row(src, "no window could be decoded", model))
+                rows.append(error_row(src, NO_WINDOW, model))
         except MmdeployError as exc:
             rows.append(error_row(src, exc.reason if isinstance(exc, MediaError) else str(exc), model))
+        for row in rows:
+            row["decoding"] = decoding
         return rows
 
-    workers = max(1, min(job.workers or cpu_count(), len(todo)))
     queue = iter(todo)
     with ThreadPoolExecutor(workers) as pool:
         pending = {pool.submit(one_file, s) for s in _take(queue, 2 * workers)}
