@@ -130,9 +130,10 @@ def load(url: str, data: bytes, name: str, concurrency: int, requests: int, max_
             "stages": {k: statistics.median(v) for k, v in stages.items()}}
 
 
-def offline(model: Path, backend: str, clip: Path, files: int) -> tuple[float, float]:
+def offline(model: Path, backend: str, clip: Path, files: int) -> tuple[float, float, float]:
     """(median ms of one warm `classify_file` call, steady-state files/s of `classify_files` on `files` links
-    to the clip: the second half of the results over the time they took, which skips pool start-up)."""
+    to the clip: the second half of the results over the time they took, which skips pool start-up; CPU ms a
+    file of that run: this process and its decode processes)."""
     from mmdeploy.classify import classify_file, classify_files
     from mmdeploy.runtime import load_predictor
 
@@ -149,13 +150,14 @@ def offline(model: Path, backend: str, clip: Path, files: int) -> tuple[float, f
             link = Path(tmp) / f"{i}{clip.suffix}"
             link.symlink_to(clip)
             paths.append(link)
-        times = []
+        times, cpu0 = [], sum(cpu_seconds(os.getpid()).values())
         for result in classify_files(paths, predictor):
             if "error" in result:
                 raise SystemExit(f"offline pipeline failed: {result}")
             times.append(time.perf_counter())
+        cpu_ms = (sum(cpu_seconds(os.getpid()).values()) - cpu0) * 1e3 / len(times)
     half = len(times) // 2
-    return statistics.median(single), (len(times) - 1 - half) / (times[-1] - times[half])
+    return statistics.median(single), (len(times) - 1 - half) / (times[-1] - times[half]), cpu_ms
 
 
 # ---- memory ----------------------------------------------------------------------------------------
@@ -169,16 +171,52 @@ def memory(pid: int) -> dict[str, float]:
         root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                cmd = " ".join(p.cmdline())
-                mem = p.memory_full_info()
+                kind, mem = kind_of(p), p.memory_full_info()
                 out["pss"] += getattr(mem, "pss", mem.rss) / 2**20
                 out["processes"] += 1
-                if "_bentoml_impl.worker.service" in cmd:
-                    out["model_rss" if "av-model" in cmd else "api_rss"] += mem.rss / 2**20
-                elif "multiprocessing.forkserver" in " ".join(p.parent().cmdline()):  # forked by it: a decoder
+                if kind in ("api", "model"):
+                    out[f"{kind}_rss"] += mem.rss / 2**20
+                elif kind == "decode":
                     out["decode_rss"] = max(out["decode_rss"], mem.rss / 2**20)
                     out["decoders"].add(p.pid)
     return out
+
+
+def kind_of(p) -> str:
+    """A service process (psutil.Process) -> "api" | "model" (BentoML's workers) | "decode" (forked by a
+    forkserver) | "other" (the server's parent, the forkservers, ...)."""
+    cmd = " ".join(p.cmdline())
+    if "_bentoml_impl.worker.service" in cmd:
+        return "model" if "av-model" in cmd else "api"
+    return "decode" if "multiprocessing.forkserver" in " ".join(p.parent().cmdline()) else "other"
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each kind of process under `pid`: the API worker, the model
+    worker, the decode processes (forked by a forkserver), and the rest (the server's parent, the
+    forkservers). A decode process that exited between two readings counts under its parent's kind once reaped
+    (the service recycles them after 500 jobs: keep a level's requests below that to keep kinds apart)."""
+    import psutil
+
+    out = {"api": 0.0, "model": 0.0, "decode": 0.0, "other": 0.0}
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()  # with its reaped children's (a forkserver's exited decode processes)
+                out[kind_of(p)] += t.user + t.system + t.children_user + t.children_system
+    return out
+
+
+def cpu_profile(pid: int, run) -> tuple[dict, dict[str, float]]:
+    """run() -> (its result, CPU ms per answered request by process kind, this client's included)."""
+    before, client0 = cpu_seconds(pid), time.process_time()
+    result = run()
+    after, client = cpu_seconds(pid), time.process_time() - client0
+    n = max(result["n"], 1)
+    per = {k: (after[k] - before[k]) * 1e3 / n for k in after}
+    per["client"] = client * 1e3 / n
+    return result, per
 
 
 def model_windows(url: str) -> float:
@@ -339,18 +377,21 @@ def main() -> None:
             broken = soak(url, pid, data, name, levels[-1], args.soak, args.every, log, args.max_growth_pct)
         raise SystemExit(1 if broken else 0)
 
-    single_ms, ceiling = offline(args.model, args.backend, args.clip, args.requests)
+    single_ms, ceiling, offline_cpu = offline(args.model, args.backend, args.clip, args.requests)
     print(f"\noffline: one file {single_ms:.0f} ms (classify_file, warm, median of 15); "
-          f"folder {ceiling:.2f} files/s (classify_files, steady state, {args.requests} files)\n")
+          f"folder {ceiling:.2f} files/s (classify_files, steady state, {args.requests} files), "
+          f"{offline_cpu:.1f} CPU ms a file (this process and its decode processes)\n")
+    profiles = []
     print("| batching | concurrency | requests | req/s | x offline | p50 ms | p95 ms | p99 ms | p99/p50 "
           "| p50 / offline file | decode | features | infer | rest | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batching in [b.strip() == "on" for b in args.batching.split(",")]:
         with service(args.model, args.backend, batching, args.api_workers,
-                     log_dir / f"batching-{int(batching)}.log", extra_env) as (url, _):
+                     log_dir / f"batching-{int(batching)}.log", extra_env) as (url, pid):
             load(url, data, name, 4, 16, 120)  # warm both sides and BentoML's batching optimizer (~11 calls)
             for c in levels:
-                r = load(url, data, name, c, args.requests, args.max_seconds)
+                r, per = cpu_profile(pid, lambda c=c: load(url, data, name, c, args.requests, args.max_seconds))
+                profiles.append(("on" if batching else "off", c, r["rps"], per))
                 st = r["stages"]
                 rest = r["p50"] - sum(st.get(k, 0.0) for k in ("decode", "features", "infer"))
                 print(f"| {'on' if batching else 'off'} | {c} | {r['n']} | {r['rps']:.2f} | {r['rps'] / ceiling:.2f} "
@@ -359,6 +400,14 @@ def main() -> None:
                       f"| {st.get('infer', 0):.0f} | {rest:.0f} | {sum(r['errors'].values())} |", flush=True)
                 for what, n in r["errors"].most_common(3):
                     print(f"  {n} x {what}")
+    print("\nCPU ms per answered request, by process (psutil user + system; the client is this process's "
+          "load threads, on the same cores):\n")
+    print("| batching | concurrency | API worker | model worker | decode processes | other | client | service total "
+          "| 2 cores / req/s |\n|---|---|---|---|---|---|---|---|---|")
+    for batching, c, rps, per in profiles:
+        total = per["api"] + per["model"] + per["decode"] + per["other"]
+        print(f"| {batching} | {c} | {per['api']:.1f} | {per['model']:.1f} | {per['decode']:.1f} | {per['other']:.1f} "
+              f"| {per['client']:.1f} | {total:.1f} | {os.cpu_count() * 1e3 / max(rps, 1e-9):.1f} |")
 
 
 if __name__ == "__main__":

@@ -83,13 +83,19 @@ def verify_onnx(path: str | Path, meta: dict, recorded: str | None = None,
 
 
 def make_session(path: str | Path, providers: tuple[str, ...], threads: int | None = None):
-    """An InferenceSession with all graph optimisations and intra-op threads = cores."""
+    """An InferenceSession with all graph optimisations and intra-op threads = cores, which do not spin-wait
+    between calls. Our predictors share their cores with decode processes (the CLI, batch, live, the service's
+    model worker beside its API worker): spinning threads took those cores from decoding. Measured 2026-12-02
+    (2 cores, `benchmarks/serve_load.py --requests 256 --concurrency 32`, the synth bundle): the model worker
+    used 33.6 CPU-ms a request spinning and 6.4-7.2 without; offline files/s 30 -> 42, the service's req/s
+    21 -> 27-31. Alone, the paper-size model pays 2-10 % at batch 1-8 (38.8 -> 39.4-43.2 ms at batch 1)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or cores()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the docstring
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
 
 
