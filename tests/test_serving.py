@@ -536,8 +536,12 @@ def test_concurrent_requests_share_model_calls(server, media_dir):
         name = "bentoml_service_adaptive_batch_size"
         return metric(text, name + "_count", method_name="predict"), metric(text, name + "_sum", method_name="predict")
 
+    # Whether calls overlap depends on timing: BentoML's dispatcher batches the windows that arrive while a
+    # model call is in flight, and the tiny model's call (about a millisecond, its threads not spin-waiting)
+    # is short beside the gaps between decoded uploads on 2 cores: measured, 4 of 10 bursts of 16 shared a call.
+    # Up to 20 bursts (about a second each; a miss 0.6**20, about 4e-5) and the first shared call ends the test.
     shared = []
-    for _ in range(2):  # whether calls overlap depends on timing; two bursts of 16 make a miss very unlikely
+    for _ in range(20):
         calls0, windows0 = calls_and_windows()
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda _: post(server, name=clip.name, data=data), range(16)))
@@ -548,7 +552,7 @@ def test_concurrent_requests_share_model_calls(server, media_dir):
         shared.append(calls1 - calls0 < 16)
         if shared[-1]:
             break
-    assert any(shared), "32 concurrent requests never shared a model call"
+    assert any(shared), f"{16 * len(shared)} concurrent requests never shared a model call"
 
 
 def test_a_model_that_cannot_load_is_503_quickly_and_logged_once(tmp_path):
