@@ -144,3 +144,21 @@ def test_a_crashing_probe_costs_one_file_not_the_index():
     assert set(results) == set(paths)
     assert "crashed" in results["crash.avi"].error
     assert all(r.error is None and r.audio for p, r in results.items() if p != "crash.avi")
+
+
+def test_the_probing_pool_spawns_and_never_forks(monkeypatch):
+    """A forked copy of a multithreaded caller (Ray, torch, a server) can hang or spin in their locks: a fork of
+    the test session with Ray running spun at 100 % CPU and 9 GB until killed. The pool must spawn."""
+    from mmdeploy.data import indexing
+
+    seen = []
+    real = indexing.ProcessPoolExecutor
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("mp_context"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(indexing, "ProcessPoolExecutor", recording)
+    paths = [f"clip{n:03d}.avi" for n in range(40)]
+    assert set(probe_all(paths, workers=2, probe=crashing_probe)) == set(paths)
+    assert seen and all(ctx is not None and ctx.get_start_method() == "spawn" for ctx in seen)

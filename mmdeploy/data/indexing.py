@@ -14,6 +14,7 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -166,7 +167,10 @@ def _pooled(paths: list[str], workers: int, probe: Callable[[str], Probed]) -> d
     chunk = max(1, min(64, len(paths) // (workers * 8)))
     out: dict[str, Probed] = {}
     lost: list[str] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, never fork: the caller may hold threads (Ray's, torch's, a server's), and a forked copy of a
+    # multithreaded process can hang or spin in their locks (a forked pytest with Ray running spun at 100 %
+    # CPU and 9 GB here); synth and the feature cache spawn theirs too
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         batches = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
         futures = [(batch, pool.submit(_probe_batch, probe, batch)) for batch in batches]
         for batch, future in futures:
