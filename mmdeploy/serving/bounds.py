@@ -62,10 +62,9 @@ def fields_problem(parts: list[dict[str, Any]], timeline: bool = False) -> str |
         if name not in taken:
             return (f"form field {name!r} is not one this route takes; send only "
                     f"{', '.join(repr(t) for t in taken)}")
-        if name in (FIELD, *NUMBER_FIELDS):
-            if name in seen:
-                return f"form field {name!r} sent more than once; send it once"
-            seen.add(name)
+        if name in seen:
+            return f"form field {name!r} sent more than once; send it once"
+        seen.add(name)
         if "filename" in part:
             if name in NUMBER_FIELDS:
                 return f"form field {name!r} is a file; send a number of seconds, e.g. -F {name}=5"
