@@ -213,7 +213,9 @@ def window_batches(items: Iterator[dict[str, Any]], batch_size: int = BATCH) -> 
             raise failure
     finally:
         stop.set()
-        if isinstance(items, isolate.IsolatedWindows) or hasattr(items, "plan"):  # a worker's stream, or segments
+        from mmdeploy.segments import SegmentedWindows  # (lazy: not on the CLI's start-up path)
+
+        if isinstance(items, (isolate.IsolatedWindows, SegmentedWindows)):  # worker(s): killed now, from here
             items.close()
 
 
