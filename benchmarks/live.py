@@ -71,20 +71,11 @@ def run(args: list[str]) -> None:
     subprocess.run(args, check=True, timeout=600)
 
 
-@contextlib.contextmanager
 def child(args: list[str], **kw):
-    proc = subprocess.Popen(args, start_new_session=True, **kw)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    """A child in its own process group, stopped on the way out: SIGTERM, SIGKILL after 10 s."""
+    from tests.servers import process_group
+
+    return process_group(args, term_s=10.0, **kw)
 
 
 def publisher(clip: Path, seconds: float, out: list[str], **kw):

@@ -1,5 +1,5 @@
 """Helpers for tests (and benchmarks) that start real servers on loopback: a free port, waiting for /readyz,
-stopping a server and every worker it started."""
+stopping a server and every worker it started, a child process in a process group of its own."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +10,27 @@ import time
 from pathlib import Path
 
 import pytest
+
+
+@contextlib.contextmanager
+def process_group(args: list[str], term_s: float = 0.0, **kw):
+    """A child in its own process group, stopped (the whole group) on the way out if it still runs: SIGTERM and
+    up to `term_s` s to end, then SIGKILL (`term_s` 0: SIGKILL at once)."""
+    import signal
+
+    proc = subprocess.Popen(args, start_new_session=True, **kw)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM if term_s > 0 else signal.SIGKILL)
+            try:
+                proc.wait(term_s or 10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 def free_port() -> int:

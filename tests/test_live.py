@@ -25,7 +25,7 @@ from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.live import Backlog, Latencies, LiveSession, PipeFeed, backoff
 from mmdeploy.media.live import ENDED, LiveSource
 from mmdeploy.media.livewindows import LAG, LiveWindows
-from tests.servers import free_port
+from tests.servers import free_port, process_group
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -266,17 +266,7 @@ def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("live") / "clip.ts", 6.0)
 
 
-@contextlib.contextmanager
-def process(args, **kw):
-    """A child in its own process group, stopped (the whole group) on the way out."""
-    proc = subprocess.Popen(args, start_new_session=True, **kw)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+process = process_group  # a child in its own process group, SIGKILLed (the whole group) on the way out
 
 
 def publish(clip: Path, url: str, *extra: str, stdout=None):
