@@ -113,6 +113,23 @@ def merged(audio: dict[str, Any], video: dict[str, Any]) -> dict[str, Any]:
     return {**video, "audio": audio["audio"], "timings_ms": timings}
 
 
+def merge_windows(audio: Iterator[dict[str, Any]], video: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Audio-only and video-only items of the same windows, each in window order -> the sequential decode's items
+    (`merged`; a window with only one of them passes as it is), in order."""
+    pending = next(audio, None)
+    for item in video:
+        start = item["window"]["start"]
+        while pending is not None and pending["window"]["start"] < start:
+            yield pending  # a window with audio and no video
+            pending = next(audio, None)
+        if pending is not None and pending["window"]["start"] == start:
+            item, pending = merged(pending, item), next(audio, None)
+        yield item
+    while pending is not None:
+        yield pending
+        pending = next(audio, None)
+
+
 class SegmentedWindows:
     """Iterator over a file's window items decoded by segments (see the module docstring)."""
 
@@ -146,27 +163,20 @@ class SegmentedWindows:
 
     def _merge(self) -> Iterator[dict[str, Any]]:
         audio = iter(self._audio) if self._audio is not None else iter(())
-        pending = next(audio, None)
+        return merge_windows(audio, self._videos())
+
+    def _videos(self) -> Iterator[dict[str, Any]]:
+        """The segments' video items, segment after segment, each read on as it becomes the one consumed."""
         while True:
             with self._lock:
                 if not self._ahead:
-                    break
+                    return
                 reader = self._ahead[0]
             reader.lead()
-            for item in reader:
-                start = item["window"]["start"]
-                while pending is not None and pending["window"]["start"] < start:
-                    yield pending  # a window with audio and no video
-                    pending = next(audio, None)
-                if pending is not None and pending["window"]["start"] == start:
-                    item, pending = merged(pending, item), next(audio, None)
-                yield item
+            yield from reader
             with self._lock:
                 self._ahead.popleft()
                 self._fill()
-        while pending is not None:
-            yield pending
-            pending = next(audio, None)
 
     def __iter__(self) -> "SegmentedWindows":
         return self

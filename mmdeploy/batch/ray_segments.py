@@ -91,25 +91,6 @@ def plan_sources(todo: list[Source], job: Job, spec_json: str, decoders: int) ->
     return out
 
 
-def merge_windows(audio: Iterator[dict[str, Any]], video: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Audio-only and video-only items of the same windows, each in window order -> the sequential decode's items
-    (segments.merged; a window with only one of them passes as it is), in order."""
-    from mmdeploy.segments import merged
-
-    pending = next(audio, None)
-    for item in video:
-        start = item["window"]["start"]
-        while pending is not None and pending["window"]["start"] < start:
-            yield pending
-            pending = next(audio, None)
-        if pending is not None and pending["window"]["start"] == start:
-            item, pending = merged(pending, item), next(audio, None)
-        yield item
-    while pending is not None:
-        yield pending
-        pending = next(audio, None)
-
-
 def read_ahead(items: Iterator[Any]) -> Iterator[Any]:
     """`items` read to the end in a thread (its worker never waits on us), then given in order (an error last,
     raised). Memory: one segment's audio items (small beside its video)."""
@@ -143,6 +124,7 @@ def segment_windows(path: str, spec, window: float, hop: float, timeout: float |
     runs beside the video's) in two decode processes at once, each window within `timeout`; closing stops both."""
     from mmdeploy import isolate
     from mmdeploy.jobs import audio_span_job, window_jobs
+    from mmdeploy.segments import merge_windows
 
     span = tuple(segment["span"])
     video = isolate.IsolatedWindows(path, window_jobs, (path, spec, window, hop, options, span, ("video",)), timeout)
