@@ -20,18 +20,17 @@ PLAN_BATCH = 16  # files per plan task
 
 def plan_batch(texts: list[str], spec_json: str, window: float | None, hop: float | None,
                timeout: float | None) -> list[dict[str, Any]]:
-    """Plan task: each timeline source's SegmentPlan, made by jobs.plan_job in a decode process (as the CLI's
-    pipeline.plan_windows), as {"segments": [[k0, k1], ...], "reason", "has_audio"}. A file that cannot be planned
+    """Plan task: each timeline source's SegmentPlan, made in a decode process by pipeline.plan_windows (as the
+    CLI's timeline), as {"segments": [[k0, k1], ...], "reason", "has_audio"}. A file that cannot be planned
     (bad, a crash, past the limit) is sequential with that reason: its decode then gives its error row as before."""
-    from mmdeploy import isolate
-    from mmdeploy.jobs import plan_job
+    from mmdeploy.pipeline import plan_windows
 
     spec = ClipSpec.from_json(spec_json)
     out = []
     for text in texts:
         path = json.loads(text)["path"]
         try:  # workers=2: segments of SEGMENT_SECONDS (at least two); expand merges them to the tasks at once
-            plan = isolate.call(path, plan_job, (path, spec, window, hop, 2), timeout)
+            plan = plan_windows(path, spec, window, hop, 2, timeout)
             out.append({"segments": [list(s) for s in plan.segments] if plan.split else [],
                         "reason": plan.reason, "has_audio": plan.has_audio})
         except Exception as exc:  # noqa: BLE001 - this file is decoded in one pass, which reports it
