@@ -194,17 +194,14 @@ def random_bundle(root: Path, spec_name: str) -> Path:
 
 
 def synth_bundle(root: Path) -> Path:
-    """The synth-cpu recipe's architecture (width-16 ResNets, late fusion, 8 classes) with random weights at the
-    synth spec, exported to ONNX: `make demo`'s bundle, for speed (training changes no timing)."""
-    from mmdeploy.bundle import load_bundle, save_bundle
-    from mmdeploy.export import export_onnx
-    from mmdeploy.models import build_model
-    from mmdeploy.spec import preset
+    """The synth-cpu recipe's architecture and spec with random weights (benchmarks/runtime.py's random_bundle),
+    exported to ONNX: `make demo`'s bundle, for speed (training changes no timing)."""
+    from runtime import random_bundle  # benchmarks/runtime.py
 
-    arch = {m: {"type": "resnet", "width": 16, "layers": [1, 1, 1, 1]} for m in ("audio", "video")}
-    arch["fusion"] = {"type": "late"}
-    classes = [f"class{i}" for i in range(8)]
-    run = save_bundle(root / "synth-run", build_model(arch, len(classes)).eval(), classes, preset("synth"))
+    from mmdeploy.bundle import load_bundle
+    from mmdeploy.export import export_onnx
+
+    run = random_bundle(root, "synth-cpu")
     export_onnx(load_bundle(run))
     return run
 
