@@ -39,6 +39,15 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Make the GPU backends (runtime.GPU_ONLY) unavailable whatever machine runs the tests."""
+    from mmdeploy import runtime
+
+    for name in runtime.GPU_ONLY:
+        monkeypatch.setitem(runtime.CHECKS, name, lambda name=name: f"{name} faked off")
+
+
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     """../shared/media beside the clone (CI lays it there). Never copied into the repository."""

@@ -135,7 +135,7 @@ def test_openvino_threads_are_the_cores_given_and_the_cache_is_used(tiny_cpu_eng
 
 
 # ---- auto: the fastest verified engine, never a slower one ---------------------------------------------------
-def test_auto_never_takes_an_engine_timed_slower_than_fp32(copy, monkeypatch):
+def test_auto_never_takes_an_engine_timed_slower_than_fp32(copy, cpu_only):
     from mmdeploy import runtime
 
     m = meta(copy)
@@ -143,8 +143,6 @@ def test_auto_never_takes_an_engine_timed_slower_than_fp32(copy, monkeypatch):
     for name in ENGINES:
         ms[name] = {b: v * 2 + 1 for b, v in ms["onnxruntime-cpu"].items()}
     write_meta(copy, m)
-    for name in ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"):
-        monkeypatch.setitem(runtime.CHECKS, name, lambda: "faked off")
     predictor = runtime.load_predictor(copy)
     assert predictor.backend == "onnxruntime-cpu"
     for name in ENGINES:
@@ -152,11 +150,9 @@ def test_auto_never_takes_an_engine_timed_slower_than_fp32(copy, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["openvino-int8", "onnxruntime-int8", "openvino-bf16"])
-def test_auto_takes_the_engine_the_record_timed_fastest_and_says_why(copy, monkeypatch, name):
+def test_auto_takes_the_engine_the_record_timed_fastest_and_says_why(copy, cpu_only, name):
     from mmdeploy import runtime
 
-    for gpu in ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"):
-        monkeypatch.setitem(runtime.CHECKS, gpu, lambda: "faked off")
     make_fastest(copy, name)
     predictor = runtime.load_predictor(copy)
     assert predictor.backend == name
@@ -172,11 +168,7 @@ def test_cpu_only_names_every_cpu_engine():
     assert set(ENGINES) <= runtime.CPU_ONLY <= set(runtime.BACKENDS) | set(runtime.FAMILIES)
 
 
-def test_classify_runs_a_clip_on_the_engine_auto_picks(copy, media_dir, monkeypatch, capsys):
-    from mmdeploy import runtime
-
-    for gpu in ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"):
-        monkeypatch.setitem(runtime.CHECKS, gpu, lambda: "faked off")
+def test_classify_runs_a_clip_on_the_engine_auto_picks(copy, cpu_only, media_dir, monkeypatch, capsys):
     make_fastest(copy, "openvino-int8")
     code, out, err = _main(monkeypatch, capsys, "classify", str(media_dir / "cremad_1001_DFA_ANG_XX.flv"),
                            "--model", str(copy), "--json")
@@ -185,15 +177,13 @@ def test_classify_runs_a_clip_on_the_engine_auto_picks(copy, media_dir, monkeypa
     assert sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_auto_ignores_a_timing_made_on_another_cpu(copy, monkeypatch):
+def test_auto_ignores_a_timing_made_on_another_cpu(copy, cpu_only):
     from mmdeploy import runtime
 
     make_fastest(copy, "openvino-int8")
     m = meta(copy)
     m["export"]["timing"]["cpu"] = "some-other-cpu-00000000"
     write_meta(copy, m)
-    for gpu in ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"):
-        monkeypatch.setitem(runtime.CHECKS, gpu, lambda: "faked off")
     predictor = runtime.load_predictor(copy)
     assert predictor.backend == "onnxruntime-cpu"
     assert "timed on another CPU (some-other-cpu-00000000" in predictor.skipped["openvino-int8"]
@@ -237,11 +227,9 @@ def test_edited_int8_file_is_refused(copy, name):
         load_predictor(copy, name)
 
 
-def test_edited_int8_file_is_refused_by_auto_and_the_cli(copy, monkeypatch, capsys):
+def test_edited_int8_file_is_refused_by_auto_and_the_cli(copy, cpu_only, monkeypatch, capsys):
     from mmdeploy import runtime
 
-    for gpu in ("tensorrt", "onnxruntime-cuda", "torch-cuda-fp16"):
-        monkeypatch.setitem(runtime.CHECKS, gpu, lambda: "faked off")
     make_fastest(copy, "openvino-int8")
     flip(copy / "export" / "model.openvino-int8.onnx")
     with pytest.raises(BundleError, match="modified"):
