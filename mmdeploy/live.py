@@ -239,6 +239,7 @@ class LiveSession:
         self.ended: str | None = None
         self.last_end = 0.0
         self.offsets: dict[int, float] = {0: 0.0}  # connection -> stream seconds before it
+        self.readers: list[threading.Thread] = []  # reader threads not yet joined
 
     # ---- the reader thread: worker -> backlog ------------------------------------------------------
     def _read(self, stream, connection: int) -> None:
@@ -271,8 +272,10 @@ class LiveSession:
     def _open(self, connection: int) -> None:
         self.stream = self.decode(self.source, self.predictor.spec, self.window, self.hop, self.open_s,
                                   self.read_s, self.options)
-        threading.Thread(target=self._read, args=(self.stream, connection), daemon=True,
-                         name="mmdeploy-live").start()
+        reader = threading.Thread(target=self._read, args=(self.stream, connection), daemon=True,
+                                  name="mmdeploy-live")
+        reader.start()
+        self.readers = [t for t in self.readers if t.is_alive()] + [reader]
 
     # ---- the caller's loop ------------------------------------------------------------------------
     def run(self) -> Iterator[dict[str, Any]]:
@@ -308,6 +311,15 @@ class LiveSession:
                     lost = None
         finally:
             self._close_stream()
+            self._join_readers()
+
+    def _join_readers(self, timeout_s: float = 10.0) -> None:
+        """Wait for the reader threads (each ends once its worker is gone, which closing the stream makes
+        so): none is left inside a read when the caller goes on, or when the interpreter exits."""
+        deadline = time.monotonic() + timeout_s
+        for reader in self.readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
+        self.readers = [t for t in self.readers if t.is_alive()]
 
     def _lost(self, reason: str) -> Iterator[dict[str, Any]]:
         """The current connection ended: say so, and reopen after the backoff (True) or give up (False)."""

@@ -99,7 +99,7 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
     from mmdeploy.settings import Settings
 
     settings = Settings.from_env()  # the edge: read once, passed down
-    from mmdeploy.isolate import prestart
+    from mmdeploy.isolate import prestart, shutdown
 
     prestart()  # the decode worker's imports overlap with loading the model
     from mmdeploy.bundle import latest_bundle
@@ -144,8 +144,9 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
     # `kill -INT` must still end it with its summary (as ffmpeg does)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     failed = False
+    lines = session.run()
     try:
-        for line in session.run():
+        for line in lines:
             emit(line)
             if "probs" in line:
                 for detection in detector.check(line):
@@ -155,10 +156,12 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
         session.ended = "interrupted"
     finally:
         session.stop()
+        lines.close()  # its reader threads joined
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if feed is not None:
             feed.close(drain_s=0)
+        shutdown()  # no worker starting or idle when the process exits
     emit(session.summary())
     if failed:
         raise typer.Exit(2)
