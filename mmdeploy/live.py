@@ -311,11 +311,11 @@ class LiveSession:
                     lost = None
         finally:
             self._close_stream()
-            self._join_readers()
 
-    def _join_readers(self, timeout_s: float = 10.0) -> None:
-        """Wait for the reader threads (each ends once its worker is gone, which closing the stream makes
-        so): none is left inside a read when the caller goes on, or when the interpreter exits."""
+    def join(self, timeout_s: float = 10.0) -> None:
+        """After `stop()`: wait (up to `timeout_s`) for the reader threads, each of which ends once its
+        worker is gone; a process that exits next has none left inside a read (the CLI calls it; the
+        service does not block its event loop on it)."""
         deadline = time.monotonic() + timeout_s
         for reader in self.readers:
             reader.join(max(0.0, deadline - time.monotonic()))

@@ -409,6 +409,8 @@ def test_a_capture_device_with_format(tiny_bundle):
     windows = [x for x in session.run() if "probs" in x]
     assert [w["start"] for w in windows] == [0.0, 1.0] and all(w["modalities"] == ["audio", "video"] for w in windows)
     assert session.summary()["summary"]["ended"] == "reached --duration 3 s"
+    session.join(10)  # the reader thread ends with its worker: none is left for the interpreter's exit
+    assert session.readers == []
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):

@@ -156,7 +156,8 @@ def run_watch(source: str, model: Optional[Path], backend: str, as_json: bool, t
         session.ended = "interrupted"
     finally:
         session.stop()
-        lines.close()  # its reader threads joined
+        lines.close()
+        session.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if feed is not None:
