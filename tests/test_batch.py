@@ -5,6 +5,7 @@ several nodes, a node lost mid-run, actor restarts and the object-store cap: tes
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("archive")
     generate(root / "synth", clips=6, seed=1, classes=2, workers=1)
     clips = root / "synth" / "clips"
-    (clips / "zz_corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    (clips / "zz_corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + random.Random(5).randbytes(2000))
     return clips
 
 
