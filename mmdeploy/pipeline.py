@@ -198,7 +198,8 @@ def window_batches(items: Iterator[dict[str, Any]], batch_size: int = BATCH) -> 
     kills its worker at once (even while the thread waits on it)."""
     feed: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     stop = threading.Event()
-    threading.Thread(target=_drain, args=(items, feed, stop), daemon=True, name="mmdeploy-windows").start()
+    drain = threading.Thread(target=_drain, args=(items, feed, stop), daemon=True, name="mmdeploy-windows")
+    drain.start()
     try:
         failure = None
         while failure is None:
@@ -217,6 +218,7 @@ def window_batches(items: Iterator[dict[str, Any]], batch_size: int = BATCH) -> 
 
         if isinstance(items, (isolate.IsolatedWindows, SegmentedWindows)):  # worker(s): killed now, from here
             items.close()
+            drain.join(5)  # it wakes on the worker's death: no thread is left inside a read at exit
 
 
 def _drain(items: Iterator[dict[str, Any]], feed: queue.Queue, stop: threading.Event) -> None:
