@@ -581,8 +581,9 @@ def test_websocket_bounds_and_a_hostile_stream_cost_only_their_session(tiny_bund
             assert ws.receive_json() == {"error": "no data for 1 s (MMDEPLOY_LIVE_IDLE_S)"}
         with client.websocket_connect("/ws?type=webm") as ws:  # a flood: the bytes-per-second bound
             ws.receive_json()
-            ws.send_bytes(webm_clip.read_bytes()[:60_000])
-            ws.send_bytes(webm_clip.read_bytes()[60_000:120_000])
+            data = webm_clip.read_bytes()  # ~190 KB in thirds: past the 2-s burst (100 KB) unless 1.8 s pass
+            for i in range(3):
+                ws.send_bytes(data[i * len(data) // 3:(i + 1) * len(data) // 3])
             lines = received(ws, "error")
             assert "more than 50000 bytes per second (MMDEPLOY_LIVE_MAX_BYTES_PER_S)" in lines[-1]["error"]
         with client.websocket_connect("/ws?type=webm") as first, client.websocket_connect("/ws") as second:
