@@ -5,6 +5,7 @@ an isolated decode worker, the bundle's ClipSpec, the one features function; `pi
     session = LiveSession(source, predictor, window, hop, ...)
     for line in session.run(): ...        # window lines and event lines, as they happen
     session.summary()                     # {"summary": {windows, dropped, latency_ms{p50, p99, max}, ...}}
+    session.stop(); session.join()        # from any thread: end it; then wait for its reader threads
 
 Window line: {source, start, end (stream seconds), wall (ISO time of the result), latency_ms (from the
 arrival of the window's last packet to its result), behind_ms (decoding behind the stream's clock), label,
