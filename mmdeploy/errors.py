@@ -15,6 +15,18 @@ class MediaError(MmdeployError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def reason(exc: BaseException) -> str:
+    """A failed decode -> its one-line reason (a file's error text): a MediaError's reason, another
+    MmdeployError's message, and for anything else (a bug, an unforeseen decoder failure) its type and first
+    line, within 200 characters."""
+    if isinstance(exc, MediaError):
+        return exc.reason
+    if isinstance(exc, MmdeployError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"cannot decode ({type(exc).__name__}: {text[0][:200] if text else ''})"
+
+
 class ConfigError(MmdeployError):
     """A recipe, spec, target or manifest is malformed: unknown key, wrong type, missing file."""
 

@@ -195,7 +195,7 @@ class Worker:
 def _serve(conn) -> None:
     """The worker's loop: (fn, args, stream) in; ("ok", value) | ("item", x)... ("end", None) |
     ("error", reason) out. Ends when the parent closes its end of the pipe."""
-    from mmdeploy.errors import MmdeployError
+    from mmdeploy.errors import reason
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     while True:
@@ -210,17 +210,8 @@ def _serve(conn) -> None:
                 conn.send(("end", None))
             else:
                 conn.send(("ok", fn(*args)))
-        except MediaError as exc:
-            conn.send(("error", exc.reason))
-        except MmdeployError as exc:
-            conn.send(("error", str(exc)))
-        except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen decoder failure: this file only
-            conn.send(("error", f"cannot decode ({type(exc).__name__}: {_one_line(exc)})"))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
+        except Exception as exc:  # noqa: BLE001 - a bad file, a bug or an unforeseen decoder failure: this file only
+            conn.send(("error", reason(exc)))
 
 
 # ---- reuse ------------------------------------------------------------------------------------------

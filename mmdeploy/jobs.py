@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mmdeploy.errors import MediaError, MmdeployError
+from mmdeploy.errors import MediaError, MmdeployError, reason
 from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.spec import ClipSpec
 
@@ -55,8 +55,7 @@ def plan_job(path: str, spec: ClipSpec, window: float | None, hop: float | None,
 
 def error_result(path: str | Path, exc: Exception) -> dict[str, str]:
     """{"file", "error"}; the error text is the reason alone (the CLI prints `error: FILE: reason`)."""
-    reason = exc.reason if isinstance(exc, MediaError) else str(exc)
-    return {"file": str(path), "error": reason}
+    return {"file": str(path), "error": reason(exc)}
 
 
 def file_job(path: str, spec: ClipSpec, options: DecodeOptions = FAST) -> dict[str, Any]:

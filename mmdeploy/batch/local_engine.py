@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 from mmdeploy import pipeline
 from mmdeploy.batch.inputs import Job, Source
 from mmdeploy.batch.rows import NO_WINDOW, error_row, result_row
-from mmdeploy.errors import MediaError, MmdeployError
+from mmdeploy.errors import MmdeployError, reason
 from mmdeploy.settings import cpu_count
 
 CHUNK = 1024  # files handed to the decode pool at a time (bounds what the driver holds)
@@ -57,7 +57,7 @@ def run_local_timelines(todo: list[Source], job: Job, model: str, predictor,
             if not rows:
                 rows.append(error_row(src, NO_WINDOW, model))
         except MmdeployError as exc:
-            rows.append(error_row(src, exc.reason if isinstance(exc, MediaError) else str(exc), model))
+            rows.append(error_row(src, reason(exc), model))
         for row in rows:
             row["decoding"] = decoding
         return rows

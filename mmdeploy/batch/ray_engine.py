@@ -42,8 +42,8 @@ import numpy as np
 
 from mmdeploy.batch.inputs import Job, Source
 from mmdeploy.batch.ray_segments import plan_sources, segment_windows
-from mmdeploy.batch.rows import NO_WINDOW, Assembler, error_row, reason_of, result_row
-from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError
+from mmdeploy.batch.rows import NO_WINDOW, Assembler, error_row, result_row
+from mmdeploy.errors import BackendUnavailable, MediaError, MmdeployError, reason
 from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.raycluster import OBJECT_STORE_MB, configure_data, connect
 from mmdeploy.settings import DECODE_TIMEOUT_S, cpu_count
@@ -127,7 +127,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec_json: str, window: float | N
             try:
                 got = isolate.call(src["path"], job, (src["path"], spec), timeout)
             except Exception as exc:  # noqa: BLE001 - a crash or a timeout: this file only
-                got = {"error": reason_of(exc)}
+                got = {"error": reason(exc)}
             if "error" in got:
                 rows.append(_error(src, got["error"], 1))
             else:
@@ -150,8 +150,8 @@ def _mark_end(rows: list[dict[str, Any]], src: dict, n: int, tags: dict | None =
 
 
 def _error(src: dict, exc_or_reason, n: int) -> dict[str, Any]:
-    reason = exc_or_reason if isinstance(exc_or_reason, str) else reason_of(exc_or_reason)
-    return {"src": src, "error": reason, "_rows": n}
+    text = exc_or_reason if isinstance(exc_or_reason, str) else reason(exc_or_reason)
+    return {"src": src, "error": text, "_rows": n}
 
 
 def _pack(rows: list[dict[str, Any]], spec) -> dict[str, np.ndarray]:

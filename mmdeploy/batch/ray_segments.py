@@ -11,7 +11,7 @@ import json
 from typing import Any, Iterator
 
 from mmdeploy.batch.inputs import Job, Source
-from mmdeploy.batch.rows import reason_of
+from mmdeploy.errors import reason
 from mmdeploy.media.clip import DecodeOptions
 from mmdeploy.spec import ClipSpec
 
@@ -34,7 +34,7 @@ def plan_batch(texts: list[str], spec_json: str, window: float | None, hop: floa
             out.append({"segments": [list(s) for s in plan.segments] if plan.split else [],
                         "reason": plan.reason, "has_audio": plan.has_audio})
         except Exception as exc:  # noqa: BLE001 - this file is decoded in one pass, which reports it
-            out.append({"segments": [], "reason": reason_of(exc), "has_audio": True})
+            out.append({"segments": [], "reason": reason(exc), "has_audio": True})
     return out
 
 

@@ -5,19 +5,8 @@ from typing import Any
 
 from mmdeploy.batch.inputs import Source
 from mmdeploy.batch.parquet import RESULT_FIELDS
-from mmdeploy.errors import MediaError, MmdeployError
 
 NO_WINDOW = "no window could be decoded"
-
-
-def reason_of(exc: Exception) -> str:
-    """An exception from a decode worker or a Ray task -> the one-line reason of its error row."""
-    if isinstance(exc, MediaError):
-        return exc.reason
-    if isinstance(exc, MmdeployError):
-        return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"cannot decode ({type(exc).__name__}: {text[0][:200] if text else ''})"
 
 
 def result_row(result: dict[str, Any], src: Source, model: str) -> dict[str, Any]:
