@@ -107,6 +107,14 @@ class _Reader:
             items.close()  # kills the worker; the thread wakes with its MediaError and ends
 
 
+def read_ahead(items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """`items` read to the end in a thread (a `_Reader` that leads from the start: no limit, so its worker never
+    waits on us), given in order, its error raised after them (the Ray segment tasks' audio pass)."""
+    reader = _Reader(lambda: items, lambda: None, 0)
+    reader.lead()
+    return iter(reader)
+
+
 def merged(audio: dict[str, Any], video: dict[str, Any]) -> dict[str, Any]:
     """One window from the audio pass and the video segment: the sequential item (timings summed)."""
     timings = {k: audio["timings_ms"][k] + video["timings_ms"][k] for k in ("decode", "features")}

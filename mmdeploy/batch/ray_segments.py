@@ -90,40 +90,15 @@ def plan_sources(todo: list[Source], job: Job, spec_json: str, decoders: int) ->
     return out
 
 
-def read_ahead(items: Iterator[Any]) -> Iterator[Any]:
-    """`items` read to the end in a thread (its worker never waits on us), then given in order (an error last,
-    raised). Memory: one segment's audio items (small beside its video)."""
-    import queue
-    import threading
-
-    got: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        try:
-            for x in items:
-                got.put((True, x))
-            got.put((True, StopIteration))
-        except BaseException as exc:  # noqa: BLE001 - raised in order, by the consumer
-            got.put((False, exc))
-
-    threading.Thread(target=run, daemon=True, name="mmdeploy-audio").start()
-    while True:
-        ok, x = got.get()
-        if not ok:
-            raise x
-        if x is StopIteration:
-            return
-        yield x
-
-
 def segment_windows(path: str, spec, window: float, hop: float, timeout: float | None, options: DecodeOptions,
                     segment: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One segment's window items, bit-identical to the sequential decode's: its video (jobs.window_jobs with
     `span`, from the keyframe before it) and its audio (audio_span_job, read ahead: its pass from the file's start
-    runs beside the video's) in two decode processes at once, each window within `timeout`; closing stops both."""
+    runs beside the video's; memory: one segment's audio items, small beside its video) in two decode processes
+    at once, each window within `timeout`; closing stops both."""
     from mmdeploy import isolate
     from mmdeploy.jobs import audio_span_job, window_jobs
-    from mmdeploy.segments import merge_windows
+    from mmdeploy.segments import merge_windows, read_ahead
 
     span = tuple(segment["span"])
     video = isolate.IsolatedWindows(path, window_jobs, (path, spec, window, hop, options, span, ("video",)), timeout)
