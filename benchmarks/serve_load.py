@@ -403,7 +403,7 @@ def main() -> None:
     print("\nCPU ms per answered request, by process (psutil user + system; the client is this process's "
           "load threads, on the same cores):\n")
     print("| batching | concurrency | API worker | model worker | decode processes | other | client | service total "
-          "| 2 cores / req/s |\n|---|---|---|---|---|---|---|---|---|")
+          "| cores x 1000 / req/s |\n|---|---|---|---|---|---|---|---|---|")
     for batching, c, rps, per in profiles:
         total = per["api"] + per["model"] + per["decode"] + per["other"]
         print(f"| {batching} | {c} | {per['api']:.1f} | {per['model']:.1f} | {per['decode']:.1f} | {per['other']:.1f} "
