@@ -14,7 +14,6 @@ from tests.test_export import _main
 CLASSES = ["alpha", "beta", "gamma", "delta"]
 
 
-
 @pytest.fixture(scope="module")
 def run(tiny_exported):
     return tiny_exported[0]

@@ -152,13 +152,11 @@ def same_answer(a: dict, b: dict) -> None:
     """Two answers for the same window's tensors: the same labels, the probabilities within 2e-6. (Batches are
     made of whatever windows are ready, so the same window may run in batches of other sizes, whose float sums
     differ in the last bits; answers are rounded to 6 decimals, so such a bit can show as 1e-6. The tensors
-    themselves are compared bit for bit elsewhere.)"""
-    def probs(x):  # a dict, or (label, p) pairs as RESULTS rows hold them
-        return dict(x)
-
+    themselves are compared bit for bit elsewhere.) `probs` is a dict, or (label, p) pairs as RESULTS rows
+    hold them: dict() takes both."""
     where = a.get("window") or (a.get("start"), a.get("end"))  # a RESULTS row, or a timeline's window line
     assert a["label"] == b["label"], (where, a["label"], b["label"])
-    assert probs(a["probs"]) == pytest.approx(probs(b["probs"]), abs=2e-6), where
+    assert dict(a["probs"]) == pytest.approx(dict(b["probs"]), abs=2e-6), where
     assert set(a["per_modality"] or {}) == set(b["per_modality"] or {})
     for m, mine in (a["per_modality"] or {}).items():
         theirs = b["per_modality"][m]
@@ -166,7 +164,7 @@ def same_answer(a: dict, b: dict) -> None:
             assert mine == theirs, (where, m)
             continue
         assert (mine["label"], mine["agrees"]) == (theirs["label"], theirs["agrees"]), (where, m)
-        assert probs(mine["probs"]) == pytest.approx(probs(theirs["probs"]), abs=2e-6), (where, m)
+        assert dict(mine["probs"]) == pytest.approx(dict(theirs["probs"]), abs=2e-6), (where, m)
 
 
 def test_closing_stops_every_worker(files, short_segments):
