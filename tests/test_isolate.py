@@ -187,3 +187,14 @@ def test_a_worker_past_its_memory_bound_is_replaced(monkeypatch, no_leaks):
     grown = isolate.call("job", hold_mb, (500,))
     assert grown == small[0]
     assert isolate.call("job", worker_pid, (0,)) != grown  # it held 500 MB after its job: replaced
+
+
+def test_a_failed_decode_becomes_one_line_naming_what_failed():
+    """errors.reason: the text of a file's error, in the worker loop and the batch engines alike."""
+    from mmdeploy.errors import ConfigError, MediaError, reason
+
+    assert reason(MediaError("/a/b.mp4", "no audio or video track")) == "no audio or video track"
+    assert reason(ConfigError("window: expected a number")) == "window: expected a number"
+    assert reason(ValueError("  bad frame\nsecond line")) == "cannot decode (ValueError: bad frame)"
+    assert reason(RuntimeError("x" * 500)) == f"cannot decode (RuntimeError: {'x' * 200})"
+    assert reason(OSError()) == "cannot decode (OSError: )"
